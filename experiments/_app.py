@@ -1,0 +1,76 @@
+"""Shared plumbing of the thin absl apps: flags, logging, one library call."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+# Runnable as `python experiments/x.py` as well as `python -m experiments.x`.
+_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if _ROOT not in sys.path:
+  sys.path.insert(0, _ROOT)
+
+import jax  # noqa: E402
+from absl import app, flags, logging  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
+
+_CONFIG = config_flags.DEFINE_config_file(
+  'config', 'configs/smollm2_demo.py', 'Pipeline config file.', lock_config=True
+)
+_WORKDIR = flags.DEFINE_string(
+  'workdir', None, 'Results root; default: the config\'s results_dir.'
+)
+
+
+def resolved_config():
+  """The --config with --workdir applied."""
+  config = _CONFIG.value
+  if _WORKDIR.value:
+    with config.unlocked():
+      config.results_dir = _WORKDIR.value
+  return config
+
+
+def log_setup(config) -> None:
+  import flax
+  import optax
+
+  logging.info(
+    'jax %s, flax %s, optax %s; devices: %s',
+    jax.__version__,
+    flax.__version__,
+    optax.__version__,
+    jax.devices(),
+  )
+  logging.info('config:\n%s', config)
+  run_dir = os.path.join(config.results_dir, config.run_name)
+  os.makedirs(run_dir, exist_ok=True)
+  with open(os.path.join(run_dir, 'config.resolved.json'), 'w') as f:
+    json.dump(config.to_dict(), f, indent=1, default=str)
+
+
+def run_stages(stages_flag_value: str, force: bool = False) -> dict:
+  """Resolves the config, logs, and runs the given pipeline stages."""
+  from gatoms_jax import pipeline
+
+  config = resolved_config()
+  log_setup(config)
+  return pipeline.run(config, stages_flag_value, force=force)
+
+
+def stage_app(stage: str):
+  """`main` of an app that runs one stage (and nothing else)."""
+
+  def main(argv):
+    if len(argv) > 1:
+      raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+    done = run_stages(stage)
+    print(json.dumps(done.get(stage, {}).get('results', {}), default=str))
+
+  return main
+
+
+def launch(main) -> None:
+  jax.config.config_with_absl()
+  app.run(main)

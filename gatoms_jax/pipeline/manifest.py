@@ -1,0 +1,165 @@
+"""Stage bookkeeping: which config keys each stage reads, and its manifest.
+
+A stage's key is a hash of the config values it reads plus the keys of the
+stages it consumes, so a `--config.x=y` override invalidates exactly the stages
+that read x and everything downstream of them. Knobs that change speed or
+memory but not results (batch and chunk sizes) are left out of the hash.
+A stage is complete when `<stage>/manifest.json` exists with its current key;
+the manifest is written last (atomically), so a killed stage is redone.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from typing import Any, Optional
+
+STAGES = (
+  'finetune',
+  'curvature',
+  'extract',
+  'project',
+  'dictionary',
+  'characterize',
+  'steer',
+  'report',
+)
+
+# Config keys (section or section.key) each stage reads.
+STAGE_KEYS = {
+  'finetune': ('seed', 'model', 'lora', 'data', 'finetune'),
+  'curvature': ('ekfac',),
+  'extract': ('grads',),
+  'project': ('projection',),
+  'dictionary': ('dictionary',),
+  'characterize': ('atoms', 'data.label_field'),
+  'steer': ('steering',),
+  'report': ('atoms.report_top', 'atoms.purity_threshold'),
+}
+# Stages whose outputs a stage consumes.
+STAGE_INPUTS = {
+  'finetune': (),
+  'curvature': ('finetune',),
+  'extract': ('finetune',),
+  'project': ('curvature', 'extract'),
+  'dictionary': ('project',),
+  'characterize': ('dictionary', 'extract'),
+  'steer': ('characterize',),
+  'report': ('characterize', 'steer'),
+}
+# Keys left out when a whole section is hashed: knobs that change speed or
+# memory, never results, and the evaluation-only label field (which only
+# `characterize` reads, by its own dotted key).
+EXCLUDED_FROM_SECTIONS = frozenset(
+  {
+    'data.label_field',
+    'finetune.checkpoint_every',
+    'finetune.eval_every',
+    'grads.batch_size',
+    'grads.chunk_size',
+    'ekfac.batch_size',
+    'steering.batch_size',
+  }
+)
+
+
+def _plain(value: Any) -> Any:
+  if hasattr(value, 'to_dict'):
+    value = value.to_dict()
+  if isinstance(value, dict):
+    return {k: _plain(v) for k, v in sorted(value.items())}
+  if isinstance(value, (list, tuple)):
+    return [_plain(v) for v in value]
+  return value
+
+
+def _lookup(config: Any, dotted: str) -> Any:
+  node = config
+  for part in dotted.split('.'):
+    node = node[part]
+  return node
+
+
+def stage_values(config: Any, stage: str) -> dict:
+  """The config values a stage's results depend on."""
+  out = {}
+  for key in STAGE_KEYS[stage]:
+    value = _plain(_lookup(config, key))
+    if isinstance(value, dict):
+      value = {
+        k: v
+        for k, v in value.items()
+        if f'{key}.{k}' not in EXCLUDED_FROM_SECTIONS
+      }
+    out[key] = value
+  return out
+
+
+def stage_keys(config: Any) -> dict[str, str]:
+  """The hash key of every stage (upstream keys chained in)."""
+  keys: dict[str, str] = {}
+  for stage in STAGES:
+    payload = {
+      'values': stage_values(config, stage),
+      'inputs': {s: keys[s] for s in STAGE_INPUTS[stage]},
+    }
+    blob = json.dumps(payload, sort_keys=True, default=str).encode()
+    keys[stage] = hashlib.sha256(blob).hexdigest()[:16]
+  return keys
+
+
+def manifest_path(stage_dir: str) -> str:
+  return os.path.join(stage_dir, 'manifest.json')
+
+
+def read_manifest(stage_dir: str) -> Optional[dict]:
+  try:
+    with open(manifest_path(stage_dir)) as f:
+      return json.load(f)
+  except (FileNotFoundError, json.JSONDecodeError):
+    return None
+
+
+def is_complete(stage_dir: str, key: str) -> bool:
+  manifest = read_manifest(stage_dir)
+  return bool(manifest and manifest.get('complete') and manifest.get('key') == key)
+
+
+def write_manifest(
+  stage_dir: str,
+  *,
+  stage: str,
+  key: str,
+  config: Any,
+  input_keys: dict[str, str],
+  seconds: float,
+  extra: Optional[dict] = None,
+) -> dict:
+  """Writes the completion record of a stage (atomically, last)."""
+  manifest = {
+    'stage': stage,
+    'key': key,
+    'complete': True,
+    'config': stage_values(config, stage),
+    'inputs': input_keys,
+    'seconds': seconds,
+    'finished': time.strftime('%Y-%m-%dT%H:%M:%S'),
+  }
+  if extra:
+    manifest.update(extra)
+  os.makedirs(stage_dir, exist_ok=True)
+  tmp = manifest_path(stage_dir) + '.tmp'
+  with open(tmp, 'w') as f:
+    json.dump(manifest, f, indent=1, default=str)
+  os.replace(tmp, manifest_path(stage_dir))
+  return manifest
+
+
+def invalidate(stage_dir: str) -> None:
+  """Marks a stage incomplete before it (re)runs."""
+  try:
+    os.remove(manifest_path(stage_dir))
+  except FileNotFoundError:
+    pass

@@ -1,0 +1,88 @@
+"""Runs the pipeline stages in order, skipping those complete and current."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from typing import Any, Optional, Sequence
+
+from absl import logging
+
+from gatoms_jax.pipeline import manifest
+from gatoms_jax.pipeline.context import RunContext
+from gatoms_jax.pipeline.stages import STAGE_FUNCTIONS
+
+
+def parse_stages(stages: Optional[Sequence[str] | str]) -> list[str]:
+  """'all', None, a comma list or a sequence → ordered stage names."""
+  if stages is None or stages == 'all' or stages == ['all']:
+    return list(manifest.STAGES)
+  if isinstance(stages, str):
+    stages = [s for s in stages.split(',') if s]
+  unknown = [s for s in stages if s not in manifest.STAGES]
+  if unknown:
+    raise ValueError(f'Unknown stage(s) {unknown}; stages: {", ".join(manifest.STAGES)}')
+  return [s for s in manifest.STAGES if s in stages]
+
+
+def run(
+  config: Any,
+  stages: Optional[Sequence[str] | str] = None,
+  *,
+  force: bool = False,
+) -> dict[str, dict]:
+  """Runs `stages` (default: all) of the pipeline for `config`.
+
+  A stage is skipped when its manifest records the current key (config values
+  it reads + upstream keys). A requested stage whose inputs are not complete
+  and current fails with an error naming the missing stage.
+
+  Args:
+    config: the resolved pipeline ConfigDict (configs/common.py schema).
+    stages: which stages to run.
+    force: rerun requested stages even if complete.
+
+  Returns:
+    stage → its manifest.
+  """
+  ctx = RunContext(config)
+  os.makedirs(ctx.run_dir, exist_ok=True)
+  keys = manifest.stage_keys(config)
+  wanted = parse_stages(stages)
+  done = {}
+  for stage in manifest.STAGES:
+    stage_dir = ctx.stage_dir(stage)
+    if stage not in wanted:
+      if manifest.is_complete(stage_dir, keys[stage]):
+        done[stage] = manifest.read_manifest(stage_dir)
+      continue
+    if not force and manifest.is_complete(stage_dir, keys[stage]):
+      logging.info('stage %s: complete and current (key %s), skipped', stage, keys[stage])
+      done[stage] = manifest.read_manifest(stage_dir)
+      continue
+    missing = [s for s in manifest.STAGE_INPUTS[stage] if s not in done]
+    if missing:
+      raise RuntimeError(
+        f'stage {stage} needs {missing} to be complete for this config; run '
+        f'them first (e.g. --stages={",".join(missing + [stage])})'
+      )
+    logging.info('stage %s: running (key %s)', stage, keys[stage])
+    manifest.invalidate(stage_dir)
+    os.makedirs(stage_dir, exist_ok=True)
+    start = time.perf_counter()
+    extra = STAGE_FUNCTIONS[stage](ctx) or {}
+    seconds = time.perf_counter() - start
+    done[stage] = manifest.write_manifest(
+      stage_dir,
+      stage=stage,
+      key=keys[stage],
+      config=config,
+      input_keys={s: keys[s] for s in manifest.STAGE_INPUTS[stage]},
+      seconds=seconds,
+      extra={'results': extra},
+    )
+    logging.info('stage %s: done in %.1f s', stage, seconds)
+  with open(os.path.join(ctx.run_dir, 'config.json'), 'w') as f:
+    json.dump(config.to_dict(), f, indent=1, default=str)
+  return done

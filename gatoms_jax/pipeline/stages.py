@@ -1,0 +1,348 @@
+"""One function per pipeline stage: read upstream artefacts, write its own.
+
+Each `run_<stage>(ctx)` writes into `ctx.stage_dir(stage)` and returns a small
+dict of figures for the manifest. Data flows one way (DESIGN.md):
+
+finetune → curvature (factors) ─┐
+         → extract (store) ─────┴→ project → dictionary → characterize
+                                                        → steer → report
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import ml_collections
+import numpy as np
+from absl import logging
+
+from gatoms_jax.pipeline.context import RunContext
+
+
+def _write_json(path: str, obj: Any) -> None:
+  tmp = path + '.tmp'
+  with open(tmp, 'w') as f:
+    json.dump(obj, f, indent=1, default=_json_default)
+  os.replace(tmp, path)
+
+
+def _json_default(x):
+  if isinstance(x, (np.integer,)):
+    return int(x)
+  if isinstance(x, (np.floating,)):
+    return float(x)
+  if isinstance(x, np.ndarray):
+    return x.tolist()
+  if isinstance(x, set):
+    return sorted(x)
+  return str(x)
+
+
+def _read_json(path: str) -> Any:
+  with open(path) as f:
+    return json.load(f)
+
+
+# ---------------------------------------------------------------------------
+
+
+def run_finetune(ctx: RunContext) -> dict:
+  from gatoms_jax import finetune
+
+  mdef, base, lora0 = ctx.split_model
+  result = finetune.finetune(
+    ctx.config,
+    ctx.stage_dir('finetune'),
+    model=ctx.model,
+    tokenizer=ctx.tokenizer,
+    documents=ctx.documents,
+  )
+  return {
+    'heldout_loss_before': result.heldout_loss_before,
+    'heldout_loss_after': result.heldout_loss_after,
+    'tokens_per_s': result.tokens_per_s,
+  }
+
+
+def _batches(ctx: RunContext, docs, batch_size):
+  from gatoms_jax.data import make_batches, num_batches
+
+  return (
+    make_batches(docs, batch_size, ctx.config.data.bucket_multiple),
+    num_batches(len(docs), batch_size),
+  )
+
+
+def run_curvature(ctx: RunContext) -> dict:
+  """Kronecker factors + sharded eigendecomposition at the fine-tuned adapter."""
+  from gatoms_jax import curvature
+
+  c = ctx.config.ekfac
+  mdef, base, _ = ctx.split_model
+  docs = ctx.train_docs
+  if c.max_docs and c.max_docs < len(docs):
+    rng = np.random.default_rng(c.sample_seed)
+    docs = [docs[i] for i in sorted(rng.choice(len(docs), c.max_docs, replace=False))]
+  batches, n = _batches(ctx, docs, c.batch_size)
+  factors = curvature.fit_factors(
+    mdef,
+    base,
+    ctx.finetuned_lora,
+    batches,
+    fisher=c.fisher,
+    token_scope=c.get('token_scope', 'loss'),
+    seed=c.sample_seed,
+    n_batches=n,
+  )
+  factors = curvature.eigendecompose(factors)
+  factors.save(ctx.stage_dir('curvature'))
+  return {'n_docs': len(docs), 'n_tokens': factors.n_tokens, 'n_modules': len(factors.modules)}
+
+
+def run_extract(ctx: RunContext) -> dict:
+  """Per-document gradients of the training docs into a GradientStore."""
+  from gatoms_jax import grads
+  from gatoms_jax.store import GradientStore, layout_from_tree
+
+  c = ctx.config.grads
+  mdef, base, _ = ctx.split_model
+  lora = ctx.finetuned_lora
+  store = GradientStore.open_or_create(
+    os.path.join(ctx.stage_dir('extract'), 'store'),
+    layout_from_tree(lora),
+    storage_dtype=c.storage_dtype,
+    metadata={
+      'model': ctx.model_path,
+      'lora_targets': list(ctx.lora_config.targets),
+      'lora_rank': ctx.lora_config.rank,
+      'loss': 'summed assistant-token cross-entropy',
+    },
+  )
+  extractor = grads.GradientExtractor(mdef, base, lora, compute_dtype=c.compute_dtype)
+  stats = grads.extract_to_store(
+    extractor,
+    ctx.train_docs,
+    store,
+    batch_size=c.batch_size,
+    chunk_size=c.chunk_size,
+    bucket_multiple=ctx.config.data.bucket_multiple,
+  )
+  ctx.__dict__.pop('store', None)  # reopen to see the new chunks
+  stats.update(n_rows=ctx.store.n_rows, dim=ctx.store.dim, n_skipped=len(ctx.store.skipped))
+  return stats
+
+
+def run_project(ctx: RunContext) -> dict:
+  """EK-FAC eigenvalue correction from the store, then G = projected rows."""
+  from gatoms_jax import curvature, projection
+
+  c = ctx.config.projection
+  store = ctx.store
+  factors = curvature.Factors.load(ctx.stage_dir('curvature'))
+  n_chunks = -(-store.n_rows // ctx.config.grads.chunk_size)
+  factors = curvature.correct_eigenvalues(
+    factors,
+    store.iter_chunks(ctx.config.grads.chunk_size),
+    store.layout,
+    n_chunks=n_chunks,
+  )
+  out = ctx.stage_dir('project')
+  factors.save(out)
+  spec = projection.make_spec(
+    factors,
+    store.layout,
+    top_k=c.top_k,
+    select_by=c.select_by,
+    scale_by=c.scale_by,
+    epsilon=c.epsilon,
+  )
+  spec.save(out)
+  ids, G = projection.project_chunks(
+    spec, store.iter_chunks(ctx.config.grads.chunk_size), n_chunks=n_chunks
+  )
+  np.save(os.path.join(out, 'projected.npy'), G)
+  _write_json(os.path.join(out, 'ids.json'), ids)
+  return {'n_rows': len(ids), 'k_total': spec.k_total}
+
+
+def run_dictionary(ctx: RunContext) -> dict:
+  """Row-normalised projected gradients → dictionary D and codes A."""
+  from gatoms_jax import dictionary
+
+  G = ctx.load_npy('project', 'projected.npy')
+  norms = np.linalg.norm(G, axis=1, keepdims=True)
+  X = (G / np.maximum(norms, 1e-30)).astype(np.float32)
+  c = ctx.config.dictionary
+  n_atoms = min(c.n_atoms, X.shape[0])
+  if n_atoms < c.n_atoms:
+    logging.warning('only %d rows: using %d atoms, not %d', X.shape[0], n_atoms, c.n_atoms)
+  cfg = ml_collections.ConfigDict(c.to_dict())
+  cfg.n_atoms = n_atoms
+  result = dictionary.learn_dictionary_from_config(X, cfg)
+  out = ctx.stage_dir('dictionary')
+  np.save(os.path.join(out, 'dictionary.npy'), result.dictionary)
+  np.save(os.path.join(out, 'codes.npy'), result.codes)
+  _write_json(os.path.join(out, 'history.json'), result.history)
+  nnz = (result.codes != 0).sum(axis=1)
+  return {
+    'objective': result.objective,
+    'mean_nnz': float(nnz.mean()),
+    'n_atoms': n_atoms,
+    'compile_seconds': result.compile_seconds,
+    'docs_per_atom': float((result.codes != 0).sum(axis=0).mean()),
+  }
+
+
+def run_characterize(ctx: RunContext) -> dict:
+  """Atom summaries (coherence, keywords, purity) + the k-means baseline."""
+  from gatoms_jax import atoms
+
+  c = ctx.config.atoms
+  ids = _read_json(os.path.join(ctx.stage_dir('project'), 'ids.json'))
+  codes = ctx.load_npy('dictionary', 'codes.npy')
+  responses = ctx.responses(ids)
+  labels = ctx.labels(ids)
+  store = ctx.store
+  kw = dict(
+    top_n=c.top_n,
+    n_keywords=c.n_keywords,
+    excerpt_chars=c.excerpt_chars,
+    purity_threshold=c.purity_threshold,
+    keyword_min_docs=c.get('keyword_min_docs', 2),
+  )
+  summaries = atoms.characterize_atoms(
+    codes, ids, responses, labels, mean_pairwise_cosine=store.mean_pairwise_cosine, **kw
+  )
+  out = ctx.stage_dir('characterize')
+  atoms.save_atom_summaries(os.path.join(out, 'atoms.json'), summaries)
+
+  # Baseline: k-means with K clusters on the same (row-normalised) projected
+  # gradients, each cluster read like an atom.
+  G = ctx.load_npy('project', 'projected.npy')
+  X = G / np.maximum(np.linalg.norm(G, axis=1, keepdims=True), 1e-30)
+  k = c.get('kmeans_k', 0) or min(codes.shape[1], X.shape[0])
+  km = atoms.kmeans(
+    X,
+    k,
+    n_iter=c.get('kmeans_n_iter', 100),
+    n_init=c.get('kmeans_n_init', 1),
+    seed=c.get('kmeans_seed', 0),
+    metric=c.get('kmeans_metric', 'cosine'),
+  )
+  clusters = atoms.kmeans_cluster_summaries(
+    km.assignments,
+    X,
+    labels,
+    store.mean_pairwise_cosine,
+    doc_ids=ids,
+    responses=responses,
+    metric=c.get('kmeans_metric', 'cosine'),
+    **kw,
+  )
+  atoms.save_atom_summaries(os.path.join(out, 'kmeans.json'), clusters)
+  result = {'n_atoms': len(summaries), 'n_kmeans_clusters': k}
+  if labels is not None:
+    n_values, recovered = atoms.label_recovery(summaries, c.report_top, c.purity_threshold)
+    _, km_recovered = atoms.label_recovery(clusters, c.report_top, c.purity_threshold)
+    result.update(
+      n_label_values=n_values,
+      n_label_values_recovered=len(recovered),
+      recovered=sorted(recovered),
+      kmeans_n_label_values_recovered=len(km_recovered),
+      kmeans_recovered=sorted(km_recovered),
+    )
+  coherences = [s['coherence'] for s in summaries if s['coherence'] is not None]
+  result.update(
+    n_coherence_above_0_5=int(sum(x > 0.5 for x in coherences)),
+    n_coherence_above_0_1=int(sum(x > 0.1 for x in coherences)),
+  )
+  _write_json(os.path.join(out, 'summary.json'), result)
+  return result
+
+
+def run_steer(ctx: RunContext) -> dict:
+  """Behaviour sweeps for automatically matched atoms and random controls."""
+  from gatoms_jax import atoms, behaviors, projection, steer, sweep
+  from gatoms_jax.models.generate import Generator
+
+  c = ctx.config.steering
+  ids = _read_json(os.path.join(ctx.stage_dir('project'), 'ids.json'))
+  summaries = atoms.load_atom_summaries(os.path.join(ctx.stage_dir('characterize'), 'atoms.json'))
+  spec = projection.ProjectionSpec.load(ctx.stage_dir('project'))
+  D = ctx.load_npy('dictionary', 'dictionary.npy')
+  codes = ctx.load_npy('dictionary', 'codes.npy')
+  lora = ctx.finetuned_lora
+  mdef, base, _ = ctx.split_model
+  directions = steer.AtomDirections(
+    spec, D, lora, codes=codes, mode=c.unproject, top_n=ctx.config.atoms.top_n
+  )
+  # Atom ↔ behaviour matching without labels: detectors on the atoms' top
+  # training responses (ties broken by coherence).
+  active = [s for s in summaries if s['n_active'] >= 2]
+  top_responses = atoms.atom_top_responses(active, ids, ctx.responses(ids))
+  coherence = {s['atom']: s['coherence'] for s in active}
+  matches = behaviors.match_atoms_to_behaviors(
+    top_responses, list(c.behaviors), tiebreak=coherence
+  )
+  gen = Generator(mdef, base, eos_ids=ctx.eos_ids, batch_size=c.batch_size)
+  runner = sweep.SweepRunner(
+    gen,
+    ctx.tokenizer,
+    lora,
+    max_new_tokens=c.max_new_tokens,
+    target_kl=c.get('target_kl', 0.1),
+    degenerate_rule=behaviors.degeneracy_rule(c),
+  )
+  sets = behaviors.load_prompt_sets(
+    list(c.behaviors), c.prompts_path, limit=c.prompts_per_behavior
+  )
+  out = ctx.stage_dir('steer')
+  results, table = {}, {}
+  for name in c.behaviors:
+    if c.atoms:
+      chosen = [int(a) for a in c.atoms]
+    else:
+      chosen = [a for a, score in matches[name][: c.atoms_per_behavior]]
+    dirs = {f'atom{a}': directions.delta(a) for a in chosen}
+    controls = {f'random{s}': directions.random(1000 + s) for s in range(c.n_random_controls)}
+    res = runner.sweep(sets[name], name, {**dirs, **controls}, list(c.alphas), progress=logging.info)
+    res['matched_atoms'] = [
+      {'atom': a, 'score': s, 'coherence': coherence.get(a)}
+      for a, s in matches[name][: max(5, c.atoms_per_behavior)]
+    ]
+    res['summary'] = sweep.summarize_sweep(
+      res,
+      list(dirs),
+      list(controls),
+      min_shift_pp=c.get('min_shift_pp', 30.0),
+      control_margin_pp=c.get('control_margin_pp', 10.0),
+      max_kl=c.get('max_kl', 1.0),
+      max_degenerate=c.get('max_degenerate', 0.2),
+    )
+    results[name] = res
+    table[name] = {
+      k: res['summary'][k] for k in ('baseline', 'best_toward', 'best_away')
+    }
+    _write_json(os.path.join(out, 'sweeps.json'), results)  # partial progress
+  _write_json(os.path.join(out, 'sweeps.json'), results)
+  return {'steering': table}
+
+
+def run_report(ctx: RunContext) -> dict:
+  from gatoms_jax import report
+
+  return report.write_report(ctx)
+
+
+STAGE_FUNCTIONS = {
+  'finetune': run_finetune,
+  'curvature': run_curvature,
+  'extract': run_extract,
+  'project': run_project,
+  'dictionary': run_dictionary,
+  'characterize': run_characterize,
+  'steer': run_steer,
+  'report': run_report,
+}

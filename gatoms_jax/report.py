@@ -1,0 +1,241 @@
+"""The run report: report.md, summary.json and two figures.
+
+Figure 1 (in the spirit of the paper's): coherence of every atom, sorted,
+beside the k-means clusters read the same way. Figure 2: detection rate of each
+behaviour against the signed steering coefficient, atoms solid and
+random-direction controls dashed, with the unsteered baseline.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import numpy as np
+
+
+def _read(path: str, default=None):
+  try:
+    with open(path) as f:
+      return json.load(f)
+  except FileNotFoundError:
+    return default
+
+
+def _fmt(x, digits=3):
+  if x is None:
+    return '–'
+  if isinstance(x, float):
+    return f'{x:.{digits}f}'
+  return str(x)
+
+
+def coherence_plot(atom_summaries, kmeans_summaries, path: str) -> None:
+  import matplotlib
+
+  matplotlib.use('Agg')
+  import matplotlib.pyplot as plt
+
+  fig, ax = plt.subplots(figsize=(7, 4))
+  for summaries, label, style in (
+    (atom_summaries, 'dictionary atoms', '-'),
+    (kmeans_summaries, 'k-means clusters', '--'),
+  ):
+    values = sorted(
+      (s['coherence'] for s in summaries or [] if s['coherence'] is not None),
+      reverse=True,
+    )
+    if values:
+      ax.plot(np.arange(1, len(values) + 1), values, style, label=label)
+  for level in (0.1, 0.5):
+    ax.axhline(level, color='grey', lw=0.6, ls=':')
+  ax.set_xlabel('rank')
+  ax.set_ylabel('coherence (mean pairwise cosine of raw gradients)')
+  ax.set_title('Coherence of atoms vs k-means clusters')
+  ax.legend()
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
+
+
+def steering_plot(sweeps: dict, path: str) -> None:
+  import matplotlib
+
+  matplotlib.use('Agg')
+  import matplotlib.pyplot as plt
+
+  names = list(sweeps)
+  if not names:
+    return
+  fig, axes = plt.subplots(1, len(names), figsize=(3.2 * len(names), 3.4), squeeze=False)
+  for ax, name in zip(axes[0], names):
+    res = sweeps[name]
+    for direction, rec in res['directions'].items():
+      items = sorted((float(k), v['rate']) for k, v in rec['variants'].items())
+      xs = [0.0] + [k for k, _ in items]
+      ys = [res['baseline']['rate']] + [r for _, r in items]
+      order = np.argsort(xs)
+      is_random = direction.startswith('random')
+      ax.plot(
+        np.array(xs)[order],
+        np.array(ys)[order],
+        '--' if is_random else '-o',
+        color='grey' if is_random else None,
+        lw=0.8 if is_random else 1.5,
+        ms=3,
+        label=direction,
+      )
+    ax.axhline(res['baseline']['rate'], color='black', lw=0.6, ls=':')
+    ax.set_title(name)
+    ax.set_xlabel('α (toward > 0 > away)')
+    ax.set_ylim(-3, 103)
+  axes[0][0].set_ylabel('detection rate (%)')
+  axes[0][-1].legend(fontsize=6)
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
+
+
+def _manifest_results(ctx, stage):
+  m = _read(os.path.join(ctx.stage_dir(stage), 'manifest.json'), {}) or {}
+  return m.get('results', {}), m.get('seconds')
+
+
+def write_report(ctx: Any) -> dict:
+  """Writes results/<run>/report.md, summary.json and the PNG figures."""
+  from gatoms_jax.pipeline.manifest import STAGES
+
+  run_dir = ctx.run_dir
+  char_dir = ctx.stage_dir('characterize')
+  atoms = (_read(os.path.join(char_dir, 'atoms.json'), {}) or {}).get('atoms', [])
+  kmeans = (_read(os.path.join(char_dir, 'kmeans.json'), {}) or {}).get('atoms', [])
+  char = _read(os.path.join(char_dir, 'summary.json'), {}) or {}
+  sweeps = _read(os.path.join(ctx.stage_dir('steer'), 'sweeps.json'), {}) or {}
+  stage_seconds = {}
+  for stage in STAGES:
+    _, seconds = _manifest_results(ctx, stage)
+    if seconds is not None:
+      stage_seconds[stage] = round(seconds, 1)
+  finetune, _ = _manifest_results(ctx, 'finetune')
+  dictionary, _ = _manifest_results(ctx, 'dictionary')
+  extract, _ = _manifest_results(ctx, 'extract')
+
+  coherence_plot(atoms, kmeans, os.path.join(run_dir, 'coherence.png'))
+  steering_plot(sweeps, os.path.join(run_dir, 'steering.png'))
+
+  steering = {
+    name: {k: res['summary'][k] for k in ('baseline', 'best_toward', 'best_away')}
+    for name, res in sweeps.items()
+  }
+  summary = {
+    'run_name': ctx.config.run_name,
+    'n_docs': extract.get('n_rows'),
+    'n_atoms': dictionary.get('n_atoms'),
+    'dictionary_objective': dictionary.get('objective'),
+    'mean_nnz': dictionary.get('mean_nnz'),
+    'n_label_values': char.get('n_label_values'),
+    'n_label_values_recovered': char.get('n_label_values_recovered'),
+    'recovered_labels': char.get('recovered'),
+    'kmeans_n_label_values_recovered': char.get('kmeans_n_label_values_recovered'),
+    'kmeans_recovered_labels': char.get('kmeans_recovered'),
+    'n_coherence_above_0_5': char.get('n_coherence_above_0_5'),
+    'n_coherence_above_0_1': char.get('n_coherence_above_0_1'),
+    'heldout_loss_before': finetune.get('heldout_loss_before'),
+    'heldout_loss_after': finetune.get('heldout_loss_after'),
+    'steering': steering,
+    'steering_verdicts': {
+      name: {
+        atom: {k: v.get(k) for k in ('steers', 'alpha', 'shift_pp', 'control_shift_pp')}
+        for atom, v in res['summary']['verdicts'].items()
+      }
+      for name, res in sweeps.items()
+    },
+    'stage_seconds': stage_seconds,
+  }
+  tmp = os.path.join(run_dir, 'summary.json.tmp')
+  with open(tmp, 'w') as f:
+    json.dump(summary, f, indent=1, default=str)
+  os.replace(tmp, os.path.join(run_dir, 'summary.json'))
+
+  lines = [f'# Gradient Atoms report: `{ctx.config.run_name}`', '']
+  lines += [
+    f'- documents with gradients: {summary["n_docs"]}; atoms: {summary["n_atoms"]}; '
+    f'mean non-zero codes per document: {_fmt(summary["mean_nnz"], 2)}',
+    f'- held-out loss per token before/after fine-tuning: '
+    f'{_fmt(summary["heldout_loss_before"])} / {_fmt(summary["heldout_loss_after"])}',
+    f'- atoms with coherence > 0.5: {summary["n_coherence_above_0_5"]}; > 0.1: '
+    f'{summary["n_coherence_above_0_1"]}',
+  ]
+  if summary['n_label_values'] is not None:
+    lines += [
+      f'- label values recovered (majority with purity ≥ '
+      f'{ctx.config.atoms.purity_threshold} among the top '
+      f'{ctx.config.atoms.report_top} atoms by coherence): '
+      f'**{summary["n_label_values_recovered"]} of {summary["n_label_values"]}** '
+      f'({", ".join(summary["recovered_labels"] or [])})',
+      f'- k-means baseline (K clusters on the same projected gradients, read the '
+      f'same way): **{summary["kmeans_n_label_values_recovered"]} of '
+      f'{summary["n_label_values"]}** ({", ".join(summary["kmeans_recovered_labels"] or [])})',
+    ]
+  lines += ['', f'## Top {ctx.config.atoms.report_top} atoms by coherence', '']
+  lines += [
+    '| rank | atom | coherence | active docs | majority label (purity) | keywords |',
+    '|---:|---:|---:|---:|---|---|',
+  ]
+  for rank, s in enumerate(atoms[: ctx.config.atoms.report_top], 1):
+    label = (
+      f'{s["majority_label"]} ({s["purity"]:.2f})' if s.get('majority_label') else '–'
+    )
+    lines.append(
+      f'| {rank} | {s["atom"]} | {_fmt(s["coherence"])} | {s["n_active"]} | '
+      f'{label} | {", ".join(s["keywords"][:6])} |'
+    )
+  lines += ['', '![coherence](coherence.png)', '']
+  if kmeans:
+    lines += ['## k-means baseline: top clusters by coherence', '']
+    lines += ['| rank | cluster | coherence | size | majority label (purity) |', '|---:|---:|---:|---:|---|']
+    for rank, s in enumerate(kmeans[:10], 1):
+      label = (
+        f'{s["majority_label"]} ({s["purity"]:.2f})' if s.get('majority_label') else '–'
+      )
+      lines.append(
+        f'| {rank} | {s["atom"]} | {_fmt(s["coherence"])} | {s["n_active"]} | {label} |'
+      )
+    lines.append('')
+  if sweeps:
+    lines += ['## Steering', '']
+    lines += [
+      'Each direction is a unit-norm LoRA delta scaled so that α = 1 moves the '
+      'next-token distribution on control prompts by the target KL; rates are '
+      'over all prompts (inviting + controls). "random" rows are random '
+      'directions in the projected space, unprojected like atoms.',
+      '',
+      '| behaviour | direction | α | rate % | KL | degenerate |',
+      '|---|---|---:|---:|---:|---:|',
+    ]
+    for name, res in sweeps.items():
+      b = res['baseline']
+      lines.append(f'| {name} | baseline | 0 | {b["rate"]:.1f} | 0 | {b["degenerate"]:.2f} |')
+      for direction, rec in res['directions'].items():
+        for k, v in sorted(rec['variants'].items(), key=lambda kv: float(kv[0])):
+          lines.append(
+            f'| {name} | {direction} | {k} | {v["rate"]:.1f} | {v["kl"]:.3f} | '
+            f'{v["degenerate"]:.2f} |'
+          )
+    lines += ['', '| behaviour | baseline % | best toward % (α) | best away % (α) | steers beyond random? |', '|---|---:|---:|---:|---|']
+    for name, row in steering.items():
+      verdicts = summary['steering_verdicts'][name]
+      steers = ', '.join(f'{a}: {"yes" if v["steers"] else "no"}' for a, v in verdicts.items())
+      lines.append(
+        f'| {name} | {row["baseline"]["rate"]:.1f} | {row["best_toward"]["rate"]:.1f} '
+        f'({_fmt(row["best_toward"]["alpha"], 1)}) | {row["best_away"]["rate"]:.1f} '
+        f'({_fmt(row["best_away"]["alpha"], 1)}) | {steers} |'
+      )
+    lines += ['', '![steering](steering.png)', '']
+  lines += ['## Stage timings (s)', '', '| stage | seconds |', '|---|---:|']
+  lines += [f'| {k} | {v} |' for k, v in stage_seconds.items()]
+  lines += ['', '## Config', '', '```json', json.dumps(ctx.config.to_dict(), indent=1, default=str), '```', '']
+  with open(os.path.join(run_dir, 'report.md'), 'w') as f:
+    f.write('\n'.join(lines))
+  return {k: summary[k] for k in ('n_label_values_recovered', 'kmeans_n_label_values_recovered')}
