@@ -66,7 +66,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.data = ml_collections.ConfigDict()
   c.data.path = ''  # empty: the embedded generated task mixture
   c.data.format = 'auto'  # auto | chat | alpaca
-  c.data.label_field = 'task'  # evaluation-only metadata; never used by the method
+  # Evaluation-only metadata; never used by the method.
+  c.data.label_field = 'task'
   c.data.skip_bad_lines = False
   c.data.n_docs = 1200  # generated mixture only
   c.data.generator_seed = 0
@@ -74,7 +75,6 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.heldout_fraction = 0.1
   c.data.bucket_multiple = 16  # pad lengths up to a multiple of this
   # System turn for docs without one; empty: the chat template's default.
-  c.data.system_prompt = ''
 
   # LoRA SFT (gatoms_jax/finetune.py). One optimiser step = grad_accum
   # micro-batches of batch_size docs; loss = Σ assistant-token CE / #tokens.
@@ -86,7 +86,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.finetune.warmup_steps = 20
   c.finetune.weight_decay = 0.0  # AdamW's decoupled decay
   c.finetune.clip_norm = 1.0  # global-norm gradient clipping; 0 disables
-  c.finetune.checkpoint_every = 50  # steps; a checkpoint is also saved at the end
+  c.finetune.checkpoint_every = 50  # steps; also saved at the end
   c.finetune.keep_checkpoints = 2  # most recent checkpoints kept
   c.finetune.eval_every = 100  # held-out loss; also at the start and the end
   c.finetune.max_eval_docs = 128  # 0: every held-out doc
@@ -102,7 +102,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.grads.compute_dtype = 'float32'
 
   c.ekfac = ml_collections.ConfigDict()
-  c.ekfac.fisher = 'true'  # 'true' (labels sampled from the model) | 'empirical'
+  # 'true' (labels sampled from the model) | 'empirical'
+  c.ekfac.fisher = 'true'
   c.ekfac.batch_size = 8
   c.ekfac.max_docs = 0  # 0: all training docs
   c.ekfac.sample_seed = 0
@@ -116,7 +117,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.dictionary = ml_collections.ConfigDict()
   c.dictionary.n_atoms = 500
   c.dictionary.alpha = 0.1
-  c.dictionary.n_iter = 30  # outer iterations (full batch) or epochs (mini-batch)
+  # Outer iterations (full batch) or epochs (mini-batch).
+  c.dictionary.n_iter = 30
   c.dictionary.mode = 'full'  # full | minibatch
   c.dictionary.batch_size = 1024  # mini-batch mode only
   c.dictionary.init = 'svd'  # svd | data

@@ -20,12 +20,13 @@ def get_config():
   c.model.tokenizer = 'embedded'
   c.lora.rank = 4
   c.lora.alpha = 8.0
-  c.data.n_docs = 64
+  c.lora.targets = ('all',)
+  c.data.n_docs = 24
   c.data.max_length = 256
-  c.data.heldout_fraction = 0.2
+  c.data.heldout_fraction = 0.25
   c.finetune.steps = 8
-  c.finetune.batch_size = 4
-  c.finetune.learning_rate = 1e-2
+  c.finetune.batch_size = 8
+  c.finetune.learning_rate = 3e-2
   c.finetune.warmup_steps = 2
   c.finetune.checkpoint_every = 2
   c.finetune.eval_every = 4

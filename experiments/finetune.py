@@ -52,7 +52,9 @@ def accuracy_items(config, heldout_ids, tasks, n_per_task):
 
   docs = data_lib.load_documents(config.data)
   held = set(heldout_ids)
-  chosen = {t: [d for d in docs if d.doc_id in held and d.label == t] for t in tasks}
+  chosen = {
+    t: [d for d in docs if d.doc_id in held and d.label == t] for t in tasks
+  }
   if not config.data.path:
     # Documents past n_docs were never trained on (the generator redraws
     # exact duplicates of earlier documents).

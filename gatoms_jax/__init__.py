@@ -15,7 +15,7 @@ from gatoms_jax.models.convert import load_model
 from gatoms_jax.models.lora import flatten, merge, split, unflatten
 from gatoms_jax.models.transformer import LoraConfig, Transformer
 from gatoms_jax.projection import ProjectionSpec, Projector, make_spec, unproject
-from gatoms_jax.steer import AtomDirections, steer
+from gatoms_jax.steer import AtomDirections
 from gatoms_jax.store import GradientStore
 
 __version__ = '0.1.0'
@@ -42,7 +42,6 @@ __all__ = [
   'merge',
   'sparse_encode',
   'split',
-  'steer',
   'unflatten',
   'unproject',
 ]

@@ -218,7 +218,9 @@ class TrainCheckpointer:
       if step is None:
         raise FileNotFoundError(f'No checkpoint in {self.directory}')
     elif step not in self.steps:
-      raise FileNotFoundError(f'No checkpoint for step {step} in {self.directory}')
+      raise FileNotFoundError(
+        f'No checkpoint for step {step} in {self.directory}'
+      )
     state = self._ckptr.load(step, abstract_state)
     meta = self._ckptr.metadata(step).custom_metadata or {}
     return state, dict(meta)

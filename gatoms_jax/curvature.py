@@ -27,6 +27,7 @@ shape, stacks each bucket and shards the stack over mesh axis "modules".
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 import time
@@ -89,8 +90,13 @@ class Factors:
     return list(self.a_cov)
 
   def kfac_eigenvalues(self, module: str) -> np.ndarray:
-    """λ_A ⊗ λ_S as an (i × o) array."""
-    return np.outer(self.lam_a[module], self.lam_s[module])
+    """λ_A ⊗ λ_S as an (i × o) float64 array."""
+    # float64 so a ProjectionSpec's scales do not change when it is saved
+    # (as float64) and loaded again.
+    return np.outer(
+      np.asarray(self.lam_a[module], np.float64),
+      np.asarray(self.lam_s[module], np.float64),
+    )
 
   def save(self, directory: str) -> None:
     """Writes factors.safetensors + factors.json (atomically)."""
@@ -346,6 +352,19 @@ def safe_psd_eigh(matrix: Array) -> tuple[Array, Array]:
   return jnp.maximum(vals, 0.0), vecs
 
 
+@functools.lru_cache(maxsize=16)
+def _eigh_fn(mesh: jax.sharding.Mesh):
+  """The jitted, sharded stack eigensolver of a mesh (built once: a new
+  jax.vmap object per call would miss the compilation cache)."""
+  axis = mesh.axis_names[0]
+  spec = NamedSharding(mesh, jax.P(axis, None, None))
+  spec_vals = NamedSharding(mesh, jax.P(axis, None))
+  solve = jax.jit(
+    jax.vmap(safe_psd_eigh), in_shardings=spec, out_shardings=(spec_vals, spec)
+  )
+  return solve, spec
+
+
 def batched_eigh(
   matrices: dict[str, np.ndarray], mesh: Optional[jax.sharding.Mesh] = None
 ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
@@ -361,6 +380,7 @@ def batched_eigh(
   mesh = mesh or sharding.make_mesh(sharding.MODULE_AXIS)
   axis = mesh.axis_names[0]
   n_dev = mesh.shape[axis]
+  solve, spec = _eigh_fn(mesh)
   for name, m in matrices.items():
     if not np.all(np.isfinite(m)):
       raise CurvatureError(
@@ -371,11 +391,6 @@ def batched_eigh(
   buckets: dict[int, list[str]] = {}
   for name, m in matrices.items():
     buckets.setdefault(m.shape[0], []).append(name)
-  spec = NamedSharding(mesh, jax.P(axis, None, None))
-  spec_vals = NamedSharding(mesh, jax.P(axis, None))
-  solve = jax.jit(
-    jax.vmap(safe_psd_eigh), in_shardings=spec, out_shardings=(spec_vals, spec)
-  )
   out = {}
   for size, names in sorted(buckets.items()):
     stack = np.stack([np.asarray(matrices[n], np.float32) for n in names])
@@ -417,9 +432,21 @@ def _rotate(rows: Array, layout, q_a: dict, q_s: dict) -> dict:
   return out
 
 
-def _square_sums(rows, layout, q_a, q_s):
+def _square_sums(rows, q_a, q_s, *, layout):
   rotated = _rotate(rows, layout, q_a, q_s)
   return {k: jnp.sum(v * v, axis=0) for k, v in rotated.items()}
+
+
+@functools.lru_cache(maxsize=16)
+def _correction_fn(layout, mesh: jax.sharding.Mesh):
+  """Jitted Σ_rows (Q_Aᵀ G Q_S)² for a layout and mesh, built once (a new
+  lambda per call would recompile on every call)."""
+  rep = sharding.replicated(mesh)
+  return jax.jit(
+    functools.partial(_square_sums, layout=layout),
+    in_shardings=(sharding.row_sharding(mesh, 2), rep, rep),
+    out_shardings=rep,
+  )
 
 
 def correct_eigenvalues(
@@ -443,17 +470,12 @@ def correct_eigenvalues(
 
   mesh = mesh or sharding.make_mesh()
   rep = sharding.replicated(mesh)
-  rows_spec = sharding.row_sharding(mesh, 2)
   # Accept every layout form make_spec accepts ((path, shape) pairs, dicts).
   layout = store_lib.normalize_layout(layout)
   dim = store_lib.layout_dim(layout)
   q_a = jax.device_put({k: jnp.asarray(v, jnp.float32) for k, v in factors.q_a.items()}, rep)
   q_s = jax.device_put({k: jnp.asarray(v, jnp.float32) for k, v in factors.q_s.items()}, rep)
-  fn = jax.jit(
-    lambda r, a, s: _square_sums(r, layout, a, s),
-    in_shardings=(rows_spec, rep, rep),
-    out_shardings=rep,
-  )
+  fn = _correction_fn(layout, mesh)
   total, n = None, 0
   for ids, rows in tqdm(chunks, total=n_chunks, desc='eigenvalue correction', disable=not progress):
     if np.ndim(rows) != 2 or np.shape(rows)[1] != dim or len(ids) != len(rows):

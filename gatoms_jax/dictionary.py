@@ -171,7 +171,7 @@ def objective_from_stats(
   return 0.5 * fit + alpha * l1
 
 
-def _code_and_stats(x, a0, d, gram, lip, *, alpha, coder, max_iter, tol):
+def _code_and_stats(x, a0, d, gram, lip, alpha, *, coder, max_iter, tol):
   """Per-shard body: codes, iterations and psum-reduced statistics."""
   axis = sharding.DATA_AXIS
   c = x @ d.T
@@ -209,7 +209,7 @@ def _sharded_code_and_stats(mesh, **kw):
   return jax.shard_map(
     functools.partial(_code_and_stats, **kw),
     mesh=mesh,
-    in_specs=(rows, rows, rep, rep, rep),
+    in_specs=(rows, rows, rep, rep, rep, rep),
     out_specs=(rows, rep, rep, jax.P(sharding.DATA_AXIS)),
   )
 
@@ -262,15 +262,14 @@ def _maybe_resample(mesh, D, dead, x, resid, key):
 
 
 @functools.lru_cache(maxsize=16)
-def _full_step_fn(mesh, alpha, coder, max_iter, tol, sweeps, block, seed):
-  """(D, A, X, ‖X‖², it) -> (D, A, objective, nnz, coder iters, n_dead)."""
-  code = _sharded_code_and_stats(
-    mesh, alpha=alpha, coder=coder, max_iter=max_iter, tol=tol
-  )
+def _full_step_fn(mesh, coder, max_iter, tol, sweeps, block):
+  """(D, A, X, ‖X‖², α, seed, it) -> (D, A, obj, nnz, coder iters, n_dead)."""
+  code = _sharded_code_and_stats(mesh, coder=coder, max_iter=max_iter, tol=tol)
 
-  def step(d, a0, x, xx, it):
+  def step(d, a0, x, xx, alpha, seed, it):
     gram = d @ d.T
-    a, n_it, st, resid = code(x, a0, d, gram, lasso.lipschitz_constant(gram))
+    lip = lasso.lipschitz_constant(gram)
+    a, n_it, st, resid = code(x, a0, d, gram, lip, alpha)
     dead = st['usage'] == 0
     key = jax.random.fold_in(jax.random.key(seed), it)
     d = _maybe_resample(mesh, d, dead, x, resid, key)
@@ -283,23 +282,22 @@ def _full_step_fn(mesh, alpha, coder, max_iter, tol, sweeps, block, seed):
   rep, rows = sharding.replicated(mesh), sharding.row_sharding(mesh, 2)
   return jax.jit(
     step,
-    in_shardings=(rep, rows, rows, rep, rep),
+    in_shardings=(rep, rows, rows, rep, rep, rep, rep),
     out_shardings=(rep, rows, rep, rep, rep, rep),
     donate_argnums=(1,),
   )
 
 
 @functools.lru_cache(maxsize=16)
-def _online_step_fn(mesh, alpha, coder, max_iter, tol, sweeps, block, seed):
-  """(D, A_stat, B_stat, X_b, n_b, t) -> (D, A_stat, B_stat, obj, nnz, it)."""
-  code = _sharded_code_and_stats(
-    mesh, alpha=alpha, coder=coder, max_iter=max_iter, tol=tol
-  )
+def _online_step_fn(mesh, coder, max_iter, tol, sweeps, block):
+  """(D, A_stat, B_stat, X_b, n_b, t, α, seed) -> (D, A_stat, B_stat, ...)."""
+  code = _sharded_code_and_stats(mesh, coder=coder, max_iter=max_iter, tol=tol)
 
-  def step(d, a_stat, b_stat, x, n_b, t):
+  def step(d, a_stat, b_stat, x, n_b, t, alpha, seed):
     gram = d @ d.T
     a0 = jnp.zeros((x.shape[0], d.shape[0]), x.dtype)
-    _, n_it, st, resid = code(x, a0, d, gram, lasso.lipschitz_constant(gram))
+    lip = lasso.lipschitz_constant(gram)
+    _, n_it, st, resid = code(x, a0, d, gram, lip, alpha)
     batch_obj = 0.5 * jnp.sum(resid) + alpha * st['l1']
     # scikit-learn's schedule (MiniBatchDictionaryLearning._update_inner_stats):
     # a running mean for the first n_b steps, then a slowly forgetting one.
@@ -312,19 +310,24 @@ def _online_step_fn(mesh, alpha, coder, max_iter, tol, sweeps, block, seed):
     dead = jnp.diagonal(a_stat) < _ONLINE_DEAD
     key = jax.random.fold_in(jax.random.key(seed), t)
     d = _maybe_resample(mesh, d, dead, x, resid, key)
+    # A re-sampled atom starts afresh: its stale statistics are dropped, which
+    # also keeps this update's BCD (A_kk = 0 is skipped) from overwriting it.
+    keep = jnp.logical_not(dead).astype(x.dtype)
+    a_stat = a_stat * keep[:, None] * keep[None, :]
+    b_stat = b_stat * keep[:, None]
     d = bcd_update(d, a_stat, b_stat, sweeps=sweeps, block=block)
     return d, a_stat, b_stat, batch_obj, st['nnz'], n_it, jnp.sum(dead)
 
   rep, rows = sharding.replicated(mesh), sharding.row_sharding(mesh, 2)
   return jax.jit(
     step,
-    in_shardings=(rep, rep, rep, rows, rep, rep),
+    in_shardings=(rep, rep, rep, rows, rep, rep, rep, rep),
     out_shardings=(rep,) * 7,
   )
 
 
 @functools.lru_cache(maxsize=16)
-def _svd_fn(mesh, rank, power_iters, seed):
+def _svd_fn(mesh, rank, power_iters):
   """Randomized SVD (Rayleigh–Ritz on XᵀX) of row-sharded X: (S, Vᵀ)."""
   axis = sharding.DATA_AXIS
 
@@ -341,7 +344,7 @@ def _svd_fn(mesh, rank, power_iters, seed):
   xtx_times = sm(xtx_times, out_specs=jax.P())
   gram_of = sm(gram_of, out_specs=jax.P())
 
-  def svd(x):
+  def svd(x, seed):
     d = x.shape[1]
     omega = jax.random.normal(jax.random.key(seed), (d, rank), x.dtype)
     z = xtx_times(x, omega)
@@ -354,7 +357,7 @@ def _svd_fn(mesh, rank, power_iters, seed):
 
   return jax.jit(
     svd,
-    in_shardings=(sharding.row_sharding(mesh, 2),),
+    in_shardings=(sharding.row_sharding(mesh, 2), sharding.replicated(mesh)),
     out_shardings=(sharding.replicated(mesh),) * 2,
   )
 
@@ -373,7 +376,9 @@ def _sum_squares_fn(mesh):
 
 def _spec(shape, mesh, rows: bool, dtype=jnp.float32):
   shard = (
-    sharding.row_sharding(mesh, len(shape)) if rows else sharding.replicated(mesh)
+    sharding.row_sharding(mesh, len(shape))
+    if rows
+    else sharding.replicated(mesh)
   )
   return jax.ShapeDtypeStruct(shape, dtype, sharding=shard)
 
@@ -421,16 +426,19 @@ def _init_dictionary(
     return _data_rows(X, n_atoms, rng), 0.0
   rank = min(n_atoms + _SVD_OVERSAMPLE, n, d)
   n_dev = sharding.axis_size(mesh, sharding.DATA_AXIS)
-  fn = _svd_fn(mesh, rank, power_iters, seed)
-  fn, secs = _compile(fn, _spec((_round_up(n, n_dev), d), mesh, True))
+  fn = _svd_fn(mesh, rank, power_iters)
+  fn, secs = _compile(
+    fn,
+    _spec((_round_up(n, n_dev), d), mesh, True),
+    _spec((), mesh, False, jnp.int32),
+  )
   t0 = time.perf_counter()
   xs, _ = sharding.shard_rows(X, mesh)
-  s, vt = fn(xs)
+  s, vt = fn(xs, jnp.int32(seed))
   k = min(n_atoms, n, d)
-  # Unit-norm top right singular vectors. scikit-learn scales them by σ and
-  # projects onto the unit ball, which leaves every σ < 1 direction as a
-  # short atom the lasso never uses (on unit rows that is most of them, e.g.
-  # 440 of 500 on the benchmark matrix), so they would all be re-sampled.
+  # Unit-norm top right singular vectors. scikit-learn multiplies them by σ
+  # and the unit-ball projection then only shortens the σ < 1 atoms, which
+  # makes them costlier for the lasso to use without changing directions.
   del s
   D = np.array(vt[:k])
   D /= np.maximum(np.linalg.norm(D, axis=1, keepdims=True), 1e-30)
@@ -586,7 +594,9 @@ def learn_dictionary(
 def _record(history, entry, bar, callback, tol) -> bool:
   """Appends a history entry; returns True when learning should stop."""
   history.append(entry)
-  bar.set_postfix(obj=f'{entry["objective"]:.4g}', nnz=f'{entry["mean_nnz"]:.3g}')
+  bar.set_postfix(
+    obj=f'{entry["objective"]:.4g}', nnz=f'{entry["mean_nnz"]:.3g}'
+  )
   stop = bool(callback(entry)) if callback is not None else False
   if tol > 0 and len(history) > 1:
     prev = history[-2]['objective']
@@ -618,14 +628,7 @@ def _learn_full(
   n_dev = sharding.axis_size(mesh, sharding.DATA_AXIS)
   n_pad = _round_up(n, n_dev)
   step = _full_step_fn(
-    mesh,
-    alpha,
-    coder,
-    learn_coder_max_iter,
-    coder_tol,
-    bcd_sweeps,
-    bcd_block,
-    seed,
+    mesh, coder, learn_coder_max_iter, coder_tol, bcd_sweeps, bcd_block
   )
   rep = functools.partial(_spec, mesh=mesh, rows=False)
   row = functools.partial(_spec, mesh=mesh, rows=True)
@@ -635,6 +638,8 @@ def _learn_full(
     row((n_pad, n_atoms)),
     row((n_pad, d)),
     rep(()),
+    rep(()),
+    rep((), dtype=jnp.int32),
     rep((), dtype=jnp.int32),
   )
   sumsq, c_sum = _compile(_sum_squares_fn(mesh), row((n_pad, d)))
@@ -658,7 +663,9 @@ def _learn_full(
   history: list[dict] = []
   bar = tqdm.trange(n_iter, desc='dictionary (full)', disable=not progress)
   for it in bar:
-    D, A, obj, nnz, n_it, n_dead = step(D, A, xs, xx, jnp.int32(it))
+    D, A, obj, nnz, n_it, n_dead = step(
+      D, A, xs, xx, jnp.float32(alpha), jnp.int32(seed), jnp.int32(it)
+    )
     entry = dict(
       iter=it + 1,
       seconds=None,
@@ -727,14 +734,7 @@ def _learn_minibatch(
   )
   del sample
   step = _online_step_fn(
-    mesh,
-    alpha,
-    coder,
-    learn_coder_max_iter,
-    coder_tol,
-    bcd_sweeps,
-    bcd_block,
-    seed,
+    mesh, coder, learn_coder_max_iter, coder_tol, bcd_sweeps, bcd_block
   )
   rep = functools.partial(_spec, mesh=mesh, rows=False)
   row = functools.partial(_spec, mesh=mesh, rows=True)
@@ -746,6 +746,8 @@ def _learn_minibatch(
     rep((n_atoms, d)),
     row((bsz, d)),
     rep((), dtype=i32),
+    rep((), dtype=i32),
+    rep(()),
     rep((), dtype=i32),
   )
   encode = lasso._encode_fn(mesh, coder, coder_max_iter, coder_tol)
@@ -778,7 +780,7 @@ def _learn_minibatch(
     for chunk in _chunks(source, batch_size, order_rng=rng):
       xb, m = put(chunk)
       D, a_stat, b_stat, bobj, bnnz, n_it, n_dead = step(
-        D, a_stat, b_stat, xb, i32(m), i32(t)
+        D, a_stat, b_stat, xb, i32(m), i32(t), jnp.float32(alpha), i32(seed)
       )
       obj_sum, nnz_sum = obj_sum + bobj, nnz_sum + bnnz
       max_it = jnp.maximum(max_it, n_it)

@@ -128,9 +128,9 @@ class FinetuneResult:
   tokenizer: Any = dataclasses.field(repr=False, default=None)
 
   def summary(self) -> dict:
-    """JSON-serialisable figures (what result.json holds)."""
+    """JSON-serialisable figures (what result.json holds; NaN → None)."""
     drop = 1.0 - self.heldout_loss_after / self.heldout_loss_before
-    return {
+    out = {
       'steps': self.steps,
       'resumed_from_step': self.resumed_from_step,
       'heldout_loss_before': self.heldout_loss_before,
@@ -143,6 +143,10 @@ class FinetuneResult:
       'n_heldout_docs': self.n_heldout_docs,
       'adapter_dir': self.adapter_dir,
       'lora_dir': self.lora_dir,
+    }
+    return {
+      k: None if isinstance(v, float) and math.isnan(v) else v
+      for k, v in out.items()
     }
 
 
@@ -357,26 +361,27 @@ class DataSchedule:
 
 
 def learning_rate_schedule(ft: Any) -> optax.Schedule:
-  """Linear warmup (from lr/warmup to lr) then cosine decay to 0.
+  """Linear warmup then cosine decay, in optimiser steps t = 0..steps-1.
 
-  The first step already uses a nonzero rate (optax's warmup starting at 0
-  would waste it). Counted in optimiser steps.
+  lr(t) = lr·(t+1)/W for t < W (so the first step already moves), then
+  lr·(1 + cos(π·(t-W)/(steps-W)))/2, which reaches 0 just after the last step.
   """
   lr, warmup, steps = (
     float(ft.learning_rate),
-    int(ft.warmup_steps),
+    max(int(ft.warmup_steps), 0),
     max(int(ft.steps), 1),
   )
-  if warmup <= 0:
-    return optax.cosine_decay_schedule(lr, steps)
   warmup = min(warmup, steps)
-  return optax.warmup_cosine_decay_schedule(
-    init_value=lr / warmup,
-    peak_value=lr,
-    warmup_steps=warmup,
-    decay_steps=steps,
-    end_value=0.0,
-  )
+  decay = max(steps - warmup, 1)
+
+  def schedule(count):
+    t = jnp.asarray(count, jnp.float32)
+    ramp = lr * (t + 1.0) / max(warmup, 1)
+    frac = jnp.clip((t - warmup) / decay, 0.0, 1.0)
+    cosine = 0.5 * lr * (1.0 + jnp.cos(jnp.pi * frac))
+    return jnp.where(t < warmup, ramp, cosine)
+
+  return schedule
 
 
 def make_optimizer(ft: Any) -> optax.GradientTransformation:
@@ -389,9 +394,7 @@ def make_optimizer(ft: Any) -> optax.GradientTransformation:
   if float(ft.clip_norm) > 0:
     parts.append(optax.clip_by_global_norm(float(ft.clip_norm)))
   parts.append(
-    optax.adamw(
-      learning_rate_schedule(ft), weight_decay=float(ft.weight_decay)
-    )
+    optax.adamw(learning_rate_schedule(ft), weight_decay=float(ft.weight_decay))
   )
   opt = optax.chain(*parts)
   if int(ft.grad_accum) > 1:
@@ -424,7 +427,7 @@ def make_train_step(
     (_, total), g = jax.value_and_grad(loss_fn, has_aux=True)(lora)
     updates, opt_state = optimizer.update(g, opt_state, lora)
     lora = optax.apply_updates(lora, updates)
-    return lora, opt_state, {'loss_sum': total, 'grad_norm': optax.global_norm(g)}
+    return lora, opt_state, {'loss_sum': total, 'grad_norm': optax.tree.norm(g)}
 
   return jax.jit(step)
 
@@ -458,8 +461,7 @@ def heldout_batches(
     index, weight = grads_lib.loss_positions(batch.loss_mask, loss_multiple)
     out.append(
       tuple(
-        sharding.shard_rows(x, mesh)[0]
-        for x in (batch.tokens, index, weight)
+        sharding.shard_rows(x, mesh)[0] for x in (batch.tokens, index, weight)
       )
     )
   return out
@@ -619,9 +621,13 @@ def finetune(
 
   optimizer = make_optimizer(ft)
   lora = lora_lib.init_lora(lora0, int(config.lora.init_seed))
-  lora = jax.device_put(jax.tree.map(lambda x: x.astype(jnp.float32), lora), rep)
+  lora = jax.device_put(
+    jax.tree.map(lambda x: x.astype(jnp.float32), lora), rep
+  )
   opt_state = jax.device_put(optimizer.init(lora), rep)
-  rng = jax.device_put(jax.random.key_data(jax.random.key(int(config.seed))), rep)
+  rng = jax.device_put(
+    jax.random.key_data(jax.random.key(int(config.seed))), rep
+  )
   state = {
     'lora': lora,
     'opt_state': opt_state,
@@ -647,7 +653,9 @@ def finetune(
           f'configuration (differs in {", ".join(diff)}); use another workdir '
           'or delete its checkpoints'
         )
-      if (state['epoch'], state['position']) != schedule.position(state['step']):
+      if (state['epoch'], state['position']) != schedule.position(
+        state['step']
+      ):
         raise ValueError(
           f'{ckpt.directory}/{latest}: data position '
           f'{(state["epoch"], state["position"])} does not match step '
@@ -655,7 +663,9 @@ def finetune(
         )
       history = list(meta.get('history', []))
       resumed_from = int(state['step'])
-      logging.info('Resumed from checkpoint step %d (%s)', latest, ckpt.directory)
+      logging.info(
+        'Resumed from checkpoint step %d (%s)', latest, ckpt.directory
+      )
     train_step = make_train_step(mdef, optimizer)
     eval_fn = make_eval_fn(mdef)
     lora, opt_state, rng = state['lora'], state['opt_state'], state['rng']
@@ -833,8 +843,10 @@ def load_lora(lora_dir: str, mdef: lora_lib.ModelDef) -> PyTree:
     )
   )
   template = lora_lib.split(abstract)[2]
+  device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
   abstract_tree = jax.tree.map(
-    lambda x: jax.ShapeDtypeStruct(x.shape, jnp.float32), template
+    lambda x: jax.ShapeDtypeStruct(x.shape, jnp.float32, sharding=device),
+    template,
   )
   return ckpt_lib.load_pytree(lora_dir, abstract_tree)
 

@@ -1,21 +1,52 @@
 """Per-document LoRA gradients (the method's raw material, paper step 1).
 
 g_i = ∇_θ Σ_t CE(token_t) over the assistant tokens of document i, θ = the
-LoRA tree. Computed as `jax.vmap(jax.grad(doc_loss))` over a padded,
-length-bucketed batch, jitted once per bucket shape, with the batch axis
-sharded over the mesh axis "data" (gatoms_jax/sharding.py). Two savings keep
-the work close to the useful FLOPs:
-  * the LM head (v = 49,152 for SmolLM2) runs only on the positions whose next
-    token carries loss (gathered, padded to a bucket), not on every position;
-  * batches come from length buckets, so padding stays small.
-Rows are streamed into a `GradientStore` chunk by chunk; a killed extraction
-resumes from the last committed chunk.
+LoRA tree, flattened in the canonical leaf order (`lora.flatten`). Two
+formulations compute exactly the same rows:
+
+  'vmap'  `jax.vmap(jax.grad(doc_loss))` over a padded batch, one document per
+          row: the canonical, obviously-correct formulation.
+  'taps'  (default) ONE forward/backward of the summed loss of a whole slab
+          with zero probes added to every lora_a/lora_b output
+          (`LoraTaps(probes, record=True)`): ∂L/∂probe is the per-token output
+          gradient s, and since documents do not interact, the per-document
+          gradients are exact per-document sums of outer products,
+            ∂L_i/∂A = Σ_{t∈i} x_t s_aᵀ   (einsum 'bti,btr->bir'),
+            ∂L_i/∂B = Σ_{t∈i} h_t s_bᵀ   (einsum 'btr,bto->bro'),
+          with x, h the recorded lora_a/lora_b inputs.
+
+Why 'taps' is the default on CPU. Contrary to the first guess, vmap(grad) does
+not run per-example matmuls here: XLA folds the vmapped axis into the rows of
+every frozen-weight matmul, and both formulations compile to the same
+(B·T)×d dots (checked in the optimised HLO). What made vmap(grad) look as if
+it scaled badly with B is memory: the backward keeps ~1.8 MB of activations
+per token for SmolLM2-135M, i.e. ~1.8 GB of temporaries at B·T = 1024, which
+XLA:CPU allocates per call and the kernel faults in page by page (~470k minor
+faults per call, 20–25 % of the CPU time), plus every padded token costs as
+much as a real one. The taps formulation removes what vmap cannot:
+  * packing: several documents share a row (`segment_ids` keep their
+    attention apart, positions restart at 0), so there is no padding, and
+    every slab of an extraction has ONE shape, hence one compilation;
+  * several slabs per jitted call (`lax.map`): the temporaries of one slab are
+    allocated and faulted in once per call and reused by the next slab;
+  * only needed positions: a document is cut after its last loss-predicting
+    position (later tokens feed no loss), and the LM head (v = 49,152 for
+    SmolLM2) runs only on loss positions, gathered per row up to a fixed cap.
+vmap(grad) stays available (method='vmap', padded length buckets) as the
+reference; tests check that both give the same rows.
+
+Frozen weights get no weight gradients in either formulation (they are not
+differentiated), so the work is forward + input-gradient backward + the tiny
+LoRA outer products. Rows are streamed into a `GradientStore` chunk by chunk;
+a killed extraction resumes from the last committed chunk.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import time
-from typing import Any, Iterator, Optional, Sequence
+from typing import Any, Iterator, NamedTuple, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -26,9 +57,21 @@ from tqdm import tqdm
 from gatoms_jax import sharding
 from gatoms_jax.losses import token_nll
 from gatoms_jax.models import lora as lora_lib
+from gatoms_jax.models.transformer import LoraTaps
 
 Array = jax.Array
 PyTree = Any
+
+METHODS = ('taps', 'vmap')
+NO_TARGET_REASON = 'no assistant tokens'
+
+
+def _round_up(n: int, multiple: int) -> int:
+  return -(-int(n) // multiple) * multiple
+
+
+# ---------------------------------------------------------------------------
+# Losses (also used by fine-tuning and the curvature checks).
 
 
 def loss_positions(
@@ -45,7 +88,7 @@ def loss_positions(
   """
   shifted = np.asarray(loss_mask)[:, 1:] > 0
   counts = shifted.sum(axis=1)
-  width = max(1, int(-(-max(int(counts.max(initial=0)), 1) // multiple) * multiple))
+  width = _round_up(max(int(counts.max(initial=0)), 1), multiple)
   width = min(width, max(loss_mask.shape[1] - 1, 1))
   index = np.zeros((loss_mask.shape[0], width), np.int32)
   weight = np.zeros((loss_mask.shape[0], width), np.float32)
@@ -56,24 +99,8 @@ def loss_positions(
   return index, weight
 
 
-def doc_loss(
-  lora: PyTree,
-  mdef: lora_lib.ModelDef,
-  base: PyTree,
-  tokens: Array,
-  index: Array,
-  weight: Array,
-) -> Array:
-  """Summed CE of one document (t,) over its gathered loss positions (m,)."""
-  model = lora_lib.merge(mdef, base, lora)
-  hidden, _ = model.hidden_states(tokens[None])
-  logits = model.logits(hidden[0, index])  # m v
-  targets = tokens[index + 1]
-  return jnp.sum(token_nll(logits, targets) * weight)
-
-
 def batch_loss(lora, mdef, base, tokens, index, weight) -> Array:
-  """Σ over docs of `doc_loss`, batched (for fine-tuning and checks)."""
+  """Σ over docs of the summed CE, batched (for fine-tuning and checks)."""
   model = lora_lib.merge(mdef, base, lora)
   hidden, _ = model.hidden_states(tokens)
   gathered = jnp.take_along_axis(hidden, index[..., None], axis=1)  # b m d
@@ -82,23 +109,375 @@ def batch_loss(lora, mdef, base, tokens, index, weight) -> Array:
   return jnp.sum(token_nll(logits, targets) * weight)
 
 
-def _per_example(lora, mdef, base, tokens, index, weight, compute_dtype):
-  cast = lambda t: jax.tree.map(lambda x: x.astype(compute_dtype), t)
-  grad_fn = jax.grad(doc_loss)
-  grads = jax.vmap(grad_fn, in_axes=(None, None, None, 0, 0, 0))(
-    cast(lora), mdef, cast(base), tokens, index, weight
+def doc_loss(
+  lora: PyTree,
+  mdef: lora_lib.ModelDef,
+  base: PyTree,
+  tokens: Array,
+  index: Array,
+  targets: Array,
+  weight: Array,
+) -> Array:
+  """Summed CE of one right-padded document.
+
+  Args:
+    lora, mdef, base: the split model.
+    tokens: int32[t] input tokens.
+    index: int32[m] positions whose logits are scored.
+    targets: int32[m] the tokens they predict.
+    weight: float32[m] 1 for real loss positions, 0 for padding.
+  """
+  model = lora_lib.merge(mdef, base, lora)
+  hidden, _ = model.hidden_states(tokens[None])
+  logits = model.logits(hidden[0, index])  # m v
+  return jnp.sum(token_nll(logits, targets) * weight)
+
+
+# ---------------------------------------------------------------------------
+# Host-side planning: documents -> slabs of fixed shape.
+
+
+class Slab(NamedTuple):
+  """R rows of T positions holding whole documents (host numpy arrays).
+
+  Attributes:
+    tokens: int32[R, T] input tokens, 0 on padding.
+    positions: int32[R, T] position of each token inside its document.
+    segments: int32[R, T] 0 on padding, j + 1 for the row's j-th document.
+    index: int32[R, m] row positions whose logits are scored.
+    targets: int32[R, m] the tokens they predict.
+    weight: float32[R, m] 1 for real loss positions, 0 for padding.
+    doc_index: int32[R, k] document of each (row, slot); -1 if empty.
+  """
+
+  tokens: np.ndarray
+  positions: np.ndarray
+  segments: np.ndarray
+  index: np.ndarray
+  targets: np.ndarray
+  weight: np.ndarray
+  doc_index: np.ndarray
+
+  @property
+  def shape(self) -> tuple[int, ...]:
+    """(R, T, m, k): slabs of one shape share a compiled function."""
+    r, t = self.tokens.shape
+    return (r, t, self.index.shape[1], self.doc_index.shape[1])
+
+  @property
+  def n_docs(self) -> int:
+    return int((self.doc_index >= 0).sum())
+
+
+@dataclasses.dataclass(frozen=True)
+class _Doc:
+  """What the gradient needs of one document."""
+
+  inputs: np.ndarray  # int32[n]: tokens up to the last loss-predicting one
+  loss_pos: np.ndarray  # int32[c]: positions whose logits are scored
+  targets: np.ndarray  # int32[c]
+
+  @property
+  def n_in(self) -> int:
+    return len(self.inputs)
+
+  @property
+  def n_loss(self) -> int:
+    return len(self.loss_pos)
+
+
+def _prepare(tokens: np.ndarray, loss_mask: np.ndarray) -> Optional[_Doc]:
+  """Cuts a document after its last loss-predicting position (None: no loss)."""
+  tokens = np.asarray(tokens, np.int32)
+  target_pos = np.nonzero(np.asarray(loss_mask)[1:] > 0)[0] + 1
+  if not len(target_pos):
+    return None
+  n_in = int(target_pos[-1])  # position n_in - 1 predicts the last target
+  return _Doc(
+    inputs=tokens[:n_in],
+    loss_pos=(target_pos - 1).astype(np.int32),
+    targets=tokens[target_pos],
   )
-  # (b, d) rows in the canonical LoRA leaf order, always in fp32.
-  return lora_lib.flatten(grads).astype(jnp.float32)
+
+
+def _first_fit_decreasing(
+  docs: Sequence[_Doc], width: int, loss_cap: int, max_docs: int
+) -> list[list[int]]:
+  """Packs documents into rows of `width` tokens and `loss_cap` loss positions.
+
+  First fit over the rows still open, longest documents first; a row that
+  cannot take the shortest document is closed, so the scan stays short.
+  """
+  order = sorted(range(len(docs)), key=lambda i: -docs[i].n_in)
+  min_len = min(d.n_in for d in docs)
+  rows: list[list[int]] = []
+  free: list[list[int]] = []  # [tokens left, loss slots left, docs left]
+  open_rows: list[int] = []
+  for i in order:
+    d = docs[i]
+    placed = False
+    for pos, r in enumerate(open_rows):
+      f = free[r]
+      if d.n_in <= f[0] and d.n_loss <= f[1] and f[2] > 0:
+        rows[r].append(i)
+        f[0] -= d.n_in
+        f[1] -= d.n_loss
+        f[2] -= 1
+        if f[0] < min_len or f[1] == 0 or f[2] == 0:
+          open_rows.pop(pos)
+        placed = True
+        break
+    if not placed:
+      rows.append([i])
+      free.append([width - d.n_in, loss_cap - d.n_loss, max_docs - 1])
+      open_rows.append(len(rows) - 1)
+  return rows
+
+
+def _fill_slab(
+  docs: Sequence[_Doc],
+  doc_ids: Sequence[int],
+  rows: Sequence[Sequence[int]],
+  n_rows: int,
+  width: int,
+  loss_width: int,
+  slots: int,
+) -> Slab:
+  """Lays out rows of documents (indices into `docs`) as one Slab."""
+  tokens = np.zeros((n_rows, width), np.int32)
+  positions = np.zeros((n_rows, width), np.int32)
+  segments = np.zeros((n_rows, width), np.int32)
+  index = np.zeros((n_rows, loss_width), np.int32)
+  targets = np.zeros((n_rows, loss_width), np.int32)
+  weight = np.zeros((n_rows, loss_width), np.float32)
+  doc_index = np.full((n_rows, slots), -1, np.int32)
+  for r, row in enumerate(rows):
+    start = loss_at = 0
+    for j, i in enumerate(row):
+      d = docs[i]
+      end = start + d.n_in
+      tokens[r, start:end] = d.inputs
+      positions[r, start:end] = np.arange(d.n_in)
+      segments[r, start:end] = j + 1
+      stop = loss_at + d.n_loss
+      index[r, loss_at:stop] = start + d.loss_pos
+      targets[r, loss_at:stop] = d.targets
+      weight[r, loss_at:stop] = 1.0
+      doc_index[r, j] = doc_ids[i]
+      start, loss_at = end, stop
+  return Slab(tokens, positions, segments, index, targets, weight, doc_index)
+
+
+def plan_slabs(
+  docs: Sequence[_Doc],
+  doc_ids: Sequence[int],
+  *,
+  pack: bool,
+  tokens_per_slab: int,
+  bucket_multiple: int = 16,
+  row_multiple: int = 1,
+  batch_size: Optional[int] = None,
+  max_docs_per_row: int = 8,
+  loss_slack: float = 1.25,
+) -> list[Slab]:
+  """Lays documents out in slabs.
+
+  Args:
+    docs: prepared documents (`_prepare`), all with at least one loss token.
+    doc_ids: the id (index into the caller's list) of each document.
+    pack: several documents per row, all slabs of ONE shape (R, T, m, k);
+      otherwise one document per row, rows sorted by length and cut into
+      slabs of `batch_size` rows padded to a multiple of `bucket_multiple`.
+    tokens_per_slab: R·T target when packing (and for the default batch_size).
+    bucket_multiple: widths T (and loss widths m) are multiples of this.
+    row_multiple: R is a multiple of this (the number of devices).
+    batch_size: rows per slab without packing (default tokens_per_slab // T).
+    max_docs_per_row: packing cap on documents per row (k; the cost of the
+      per-document sums grows with it).
+    loss_slack: packing: the per-row loss cap m is this times the average
+      loss positions per row (LM-head work on unused slots is wasted).
+
+  Returns:
+    The slabs; every document appears in exactly one slot.
+  """
+  if not docs:
+    return []
+  n_in = np.array([d.n_in for d in docs])
+  n_loss = np.array([d.n_loss for d in docs])
+  width = _round_up(n_in.max(), bucket_multiple)
+  if pack:
+    frac = n_loss.sum() / n_in.sum()
+    loss_cap = _round_up(max(n_loss.max(), loss_slack * frac * width), 8)
+    loss_cap = min(loss_cap, width)
+    rows = _first_fit_decreasing(docs, width, loss_cap, max_docs_per_row)
+    slots = max(len(r) for r in rows)
+    target = max(1, tokens_per_slab // width)
+    n_slabs = -(-len(rows) // target)
+    per_slab = _round_up(-(-len(rows) // n_slabs), row_multiple)
+    return [
+      _fill_slab(
+        docs,
+        doc_ids,
+        rows[s : s + per_slab],
+        per_slab,
+        width,
+        loss_cap,
+        slots,
+      )
+      for s in range(0, len(rows), per_slab)
+    ]
+  per_slab = batch_size or max(1, tokens_per_slab // width)
+  per_slab = _round_up(per_slab, row_multiple)
+  order = np.argsort(n_in, kind='stable')
+  slabs = []
+  for s in range(0, len(order), per_slab):
+    group = [int(i) for i in order[s : s + per_slab]]
+    w = _round_up(n_in[group].max(), bucket_multiple)
+    m = min(_round_up(n_loss[group].max(), bucket_multiple), w)
+    rows = [[i] for i in group]
+    slabs.append(_fill_slab(docs, doc_ids, rows, per_slab, w, m, 1))
+  return slabs
+
+
+def _empty_like(slab: Slab) -> Slab:
+  return Slab(*[np.zeros_like(x) for x in slab[:-1]], np.full_like(slab[-1], -1))
+
+
+def group_calls(slabs: Sequence[Slab], slabs_per_call: int) -> list[Slab]:
+  """Stacks same-shape slabs into calls of `slabs_per_call` (leading axis).
+
+  A short last group is filled with empty slabs, which the jitted function
+  skips (`lax.cond`), so they cost no compute.
+  """
+  by_shape: dict[tuple, list[Slab]] = {}
+  for s in slabs:
+    by_shape.setdefault(s.shape, []).append(s)
+  calls = []
+  for group in by_shape.values():
+    for c in range(0, len(group), slabs_per_call):
+      part = list(group[c : c + slabs_per_call])
+      part += [_empty_like(part[0])] * (slabs_per_call - len(part))
+      calls.append(Slab(*[np.stack(x) for x in zip(*part)]))
+  return calls
+
+
+# ---------------------------------------------------------------------------
+# Jitted per-slab gradients.
+
+
+def _slab_taps(lora, mdef, base, slab: Slab, packed: bool) -> Array:
+  """Per-document rows (R, k, d) of one slab, by probes on LoRA outputs."""
+  tokens, positions, segments, index, targets, weight, _ = slab
+  model = lora_lib.merge(mdef, base, lora)
+  n_rows, width = tokens.shape
+  dtype = jax.tree.leaves(lora)[0].dtype
+  probes = {
+    module: {
+      'a': jnp.zeros((n_rows, width, a.shape[1]), dtype),
+      'b': jnp.zeros((n_rows, width, b.shape[1]), dtype),
+    }
+    for module, a, b in lora_lib.iter_module_pairs(lora)
+  }
+
+  def loss_fn(probes):
+    taps = LoraTaps(probes=probes, record=True)
+    hidden, _ = model.hidden_states(
+      tokens,
+      positions,
+      segments > 0,
+      taps=taps,
+      segment_ids=segments if packed else None,
+    )
+    gathered = jnp.take_along_axis(hidden, index[..., None], axis=1)
+    logits = model.logits(gathered)  # R m v, fp32
+    return jnp.sum(token_nll(logits, targets) * weight), taps.record
+
+  out_grads, record = jax.grad(loss_fn, has_aux=True)(probes)
+  n_slots = slab.doc_index.shape[1]
+  # Per-document sums over a row's tokens: a one-hot (R, T, k) over the
+  # row's documents; without packing k = 1 and padding already has s = 0.
+  if n_slots > 1:
+    onehot = (segments[..., None] == jnp.arange(1, n_slots + 1)).astype(dtype)
+
+  def per_doc(inp, out):
+    if n_slots == 1:
+      g = jnp.einsum(
+        'rti,rto->rio', inp, out, preferred_element_type=jnp.float32
+      )
+      return g[:, None]
+    if inp.shape[-1] <= out.shape[-1]:  # put the one-hot on the narrow side
+      inp = jnp.einsum('rti,rtk->rtki', inp, onehot)
+      return jnp.einsum(
+        'rtki,rto->rkio', inp, out, preferred_element_type=jnp.float32
+      )
+    out = jnp.einsum('rto,rtk->rtko', out, onehot)
+    return jnp.einsum(
+      'rti,rtko->rkio', inp, out, preferred_element_type=jnp.float32
+    )
+
+  leaves = []
+  for path, _ in lora_lib.lora_leaves(lora):
+    module, which = path.rsplit('.', 1)
+    side = which[-1]  # lora_a -> 'a'
+    inp = record[module][f'{side}_in']
+    leaves.append(per_doc(inp, out_grads[module][side]))
+  tree = jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(lora), leaves)
+  return lora_lib.flatten(tree)  # R k d
+
+
+def _slab_vmap(lora, mdef, base, slab: Slab) -> Array:
+  """Per-document rows (R, 1, d) of one unpacked slab, by vmap(grad)."""
+  grad_fn = jax.vmap(
+    jax.grad(doc_loss), in_axes=(None, None, None, 0, 0, 0, 0)
+  )
+  grads = grad_fn(
+    lora, mdef, base, slab.tokens, slab.index, slab.targets, slab.weight
+  )
+  return lora_lib.flatten(grads).astype(jnp.float32)[:, None]
+
+
+def _call_fn(lora, mdef, base, call: Slab, method: str, packed: bool) -> Array:
+  """Rows (S, R, k, d) for S stacked slabs, one slab at a time."""
+  one = _slab_taps if method == 'taps' else _slab_vmap
+  kw = {'packed': packed} if method == 'taps' else {}
+  n_rows, n_slots = call.doc_index.shape[1:]
+  dim = lora_lib.num_params(lora)
+
+  def body(slab):
+    return jax.lax.cond(
+      jnp.any(slab.weight > 0),
+      lambda s: one(lora, mdef, base, s, **kw),
+      lambda s: jnp.zeros((n_rows, n_slots, dim), jnp.float32),
+      slab,
+    )
+
+  if call.tokens.shape[0] == 1:  # no loop: one slab per call
+    return one(lora, mdef, base, jax.tree.map(lambda x: x[0], call), **kw)[
+      None
+    ]
+  return jax.lax.map(body, call)
+
+
+# ---------------------------------------------------------------------------
+# The extractor.
 
 
 class GradientExtractor:
-  """Jitted, sharded per-example gradients for one (model, adapter).
+  """Jitted, sharded per-document gradients for one (model, adapter).
 
   Args:
     mdef, base, lora: from `gatoms_jax.models.lora.split`.
-    mesh: a mesh with a "data" axis (default: all devices).
-    compute_dtype: 'float32' (default) or 'bfloat16' (accelerators).
+    mesh: a mesh with a "data" axis (default: all devices); slab rows are
+      sharded over it.
+    compute_dtype: 'float32' (default) or 'bfloat16' (accelerators; rows are
+      still accumulated and returned in float32).
+    method: 'taps' (default, see the module docstring) or 'vmap'.
+    pack: pack several documents per row (taps only; default: taps).
+    tokens_per_slab: R·T per slab: the size of one forward/backward.
+    slabs_per_call: slabs per jitted call (they reuse one set of temporaries).
+    bucket_multiple: widths are padded to a multiple of this.
+    batch_size: rows per slab without packing (default tokens_per_slab // T).
+    max_docs_per_row: packing cap on documents per row.
   """
 
   def __init__(
@@ -109,31 +488,117 @@ class GradientExtractor:
     *,
     mesh: Optional[jax.sharding.Mesh] = None,
     compute_dtype: str = 'float32',
+    method: str = 'taps',
+    pack: Optional[bool] = None,
+    tokens_per_slab: int = 1024,
+    slabs_per_call: int = 4,
+    bucket_multiple: int = 16,
+    batch_size: Optional[int] = None,
+    max_docs_per_row: int = 8,
   ):
+    if method not in METHODS:
+      raise ValueError(f'method must be one of {METHODS}, got {method!r}')
+    if pack is None:
+      pack = method == 'taps'
+    if pack and method != 'taps':
+      raise ValueError('packing needs method="taps" (vmap differentiates rows)')
     self.mdef = mdef
+    self.method = method
+    self.pack = pack
+    self.tokens_per_slab = tokens_per_slab
+    self.slabs_per_call = max(1, slabs_per_call)
+    self.bucket_multiple = bucket_multiple
+    self.batch_size = batch_size
+    self.max_docs_per_row = max_docs_per_row
     self.mesh = mesh or sharding.make_mesh()
-    rep = sharding.replicated(self.mesh)
-    self.base = jax.device_put(base, rep)
-    self.lora = jax.device_put(lora, rep)
-    rows = sharding.row_sharding(self.mesh, 2)
-    self._fn = jax.jit(
-      _per_example,
-      static_argnums=(1, 6),
-      in_shardings=(rep, rep, rows, rows, rows),
-      out_shardings=rows,
-    )
-    self._compute_dtype = jnp.dtype(compute_dtype)
     self.n_devices = sharding.axis_size(self.mesh, sharding.DATA_AXIS)
+    self.compute_dtype = jnp.dtype(compute_dtype)
+    cast = lambda t: jax.tree.map(lambda x: x.astype(self.compute_dtype), t)
+    rep = sharding.replicated(self.mesh)
+    self.base = jax.device_put(cast(base), rep)
+    self.lora = jax.device_put(cast(lora), rep)
+    self.dim = lora_lib.num_params(lora)
+    # Slab arrays are (S, R, ...): rows sharded, slabs looped over.
+    rows = lambda nd: jax.sharding.NamedSharding(
+      self.mesh, jax.P(None, sharding.DATA_AXIS, *([None] * (nd - 2)))
+    )
+    self._fn = jax.jit(
+      functools.partial(_call_fn, method=method, packed=pack),
+      static_argnums=(1,),
+      in_shardings=(rep, rep, Slab(*[rows(2)] * 6, rows(3))),
+      out_shardings=rows(4),
+    )
+    self._shapes_seen: set = set()
+
+  # -- planning ------------------------------------------------------------
+
+  def plan(self, docs: Sequence[Any]) -> tuple[list[Slab], list[int]]:
+    """Lays out documents (anything with .tokens and .loss_mask) in calls.
+
+    Returns:
+      (calls, skipped): stacked slabs whose doc_index points into `docs`,
+      and the indices of documents without any loss position.
+    """
+    prepared, ids, skipped = [], [], []
+    for i, doc in enumerate(docs):
+      d = _prepare(doc.tokens, doc.loss_mask)
+      if d is None:
+        skipped.append(i)
+      else:
+        prepared.append(d)
+        ids.append(i)
+    slabs = plan_slabs(
+      prepared,
+      ids,
+      pack=self.pack,
+      tokens_per_slab=self.tokens_per_slab,
+      bucket_multiple=self.bucket_multiple,
+      row_multiple=self.n_devices,
+      batch_size=self.batch_size,
+      max_docs_per_row=self.max_docs_per_row,
+    )
+    return group_calls(slabs, self.slabs_per_call), skipped
+
+  # -- running -------------------------------------------------------------
+
+  def run(self, call: Slab) -> tuple[np.ndarray, np.ndarray]:
+    """(doc_index int[n], rows float32[n, d]) of one planned call."""
+    self._shapes_seen.add(call.tokens.shape + call.index.shape[2:])
+    out = self._fn(self.lora, self.mdef, self.base, call)
+    keep = call.doc_index >= 0
+    return call.doc_index[keep], np.asarray(out)[keep]
+
+  def iter_gradients(
+    self, docs: Sequence[Any]
+  ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Yields (doc_index, rows) per call; docs without loss are left out."""
+    calls, _ = self.plan(docs)
+    for call in calls:
+      yield self.run(call)
+
+  def gradients(self, docs: Sequence[Any]) -> np.ndarray:
+    """All rows (n, d) in the order of `docs` (zero rows for no-loss docs)."""
+    out = np.zeros((len(docs), self.dim), np.float32)
+    for index, rows in self.iter_gradients(docs):
+      out[index] = rows
+    return out
 
   def __call__(self, tokens: np.ndarray, loss_mask: np.ndarray) -> np.ndarray:
-    """Gradient rows (b, d) float32 for a padded batch (b, t)."""
-    index, weight = loss_positions(loss_mask)
-    n = tokens.shape[0]
-    arrays = [sharding.pad_rows(x, self.n_devices)[0] for x in (tokens, index, weight)]
-    out = self._fn(
-      self.lora, self.mdef, self.base, *arrays, self._compute_dtype
-    )
-    return np.asarray(out)[:n]
+    """Gradient rows (b, d) float32 for a padded batch (b, t).
+
+    Rows of documents without any loss token (e.g. padding rows) are zero.
+    """
+    docs = [_Row(t, m) for t, m in zip(np.asarray(tokens), np.asarray(loss_mask))]
+    return self.gradients(docs)
+
+  @property
+  def n_compiled_shapes(self) -> int:
+    return len(self._shapes_seen)
+
+
+class _Row(NamedTuple):
+  tokens: np.ndarray
+  loss_mask: np.ndarray
 
 
 def extract_to_store(
@@ -141,73 +606,70 @@ def extract_to_store(
   tokenized: Sequence[Any],
   store: Any,
   *,
-  batch_size: int,
   chunk_size: int,
-  bucket_multiple: int = 16,
+  batch_size: Optional[int] = None,
+  bucket_multiple: Optional[int] = None,
   progress: bool = True,
 ) -> dict:
   """Streams per-document gradients of `tokenized` docs into `store`.
 
   Resumable: documents already in the store (or recorded as skipped) are not
   recomputed; a chunk is committed atomically, so after a SIGKILL at most the
-  rows of one unfinished chunk are recomputed. Peak memory is one chunk of
-  rows plus one batch, independent of the number of documents.
+  rows of one unfinished chunk are recomputed. Documents without any loss
+  position are recorded as skipped (never stored as a zero row). Peak memory
+  is one chunk of rows plus one call, independent of the number of documents.
 
   Args:
-    extractor: a `GradientExtractor`.
-    tokenized: `TokenizedDoc`s (gatoms_jax.data.tokenize).
+    extractor: a `GradientExtractor` (its planning settings apply).
+    tokenized: `TokenizedDoc`s (gatoms_jax.data.tokenize): .doc_id, .tokens,
+      .loss_mask.
     store: an open `GradientStore` whose layout matches the adapter.
-    batch_size: documents per jitted call.
     chunk_size: rows per committed chunk.
-    bucket_multiple: sequence lengths are padded up to a multiple of this.
+    batch_size: overrides the extractor's rows per unpacked slab.
+    bucket_multiple: overrides the extractor's width multiple.
     progress: show a tqdm bar.
 
   Returns:
-    Timing and count statistics.
+    Counts (n_docs, n_resumed, n_skipped, n_computed) and timings.
   """
-  from gatoms_jax.data.tokenize import make_batches
-
+  if batch_size is not None:
+    extractor.batch_size = batch_size
+  if bucket_multiple is not None:
+    extractor.bucket_multiple = bucket_multiple
   done = store.completed_ids()
-  pending = []
-  for doc in tokenized:
-    if doc.doc_id in done:
-      continue
-    if doc.n_target == 0:
-      store.record_skipped(doc.doc_id, 'no assistant tokens')
-      continue
-    pending.append(doc)
-  stats = {'n_docs': len(tokenized), 'n_resumed': len(tokenized) - len(pending)}
-  if not pending:
-    stats.update(n_computed=0, seconds=0.0)
-    return stats
-  logging.info('extracting %d gradients (%d already stored)', len(pending), stats['n_resumed'])
+  pending = [doc for doc in tokenized if doc.doc_id not in done]
+  stats = {
+    'n_docs': len(tokenized),
+    'n_resumed': len(tokenized) - len(pending),
+  }
+  calls, skipped = extractor.plan(pending)
+  for i in skipped:
+    store.record_skipped(pending[i].doc_id, NO_TARGET_REASON)
+  stats['n_skipped'] = len(skipped)
+  n_todo = len(pending) - len(skipped)
+  logging.info(
+    'extracting %d gradients (%d already stored, %d without loss tokens) in '
+    '%d calls',
+    n_todo,
+    stats['n_resumed'],
+    len(skipped),
+    len(calls),
+  )
   start = time.perf_counter()
   n_tokens = 0
-  bar = tqdm(total=len(pending), desc='gradients', unit='doc', disable=not progress)
+  bar = tqdm(total=n_todo, desc='gradients', unit='doc', disable=not progress)
   with store.writer(chunk_size) as writer:
-    for batch in make_batches(pending, batch_size, bucket_multiple):
-      rows = extractor(batch.tokens, batch.loss_mask)
-      keep = batch.doc_index >= 0
-      ids = [pending[i].doc_id for i in batch.doc_index[keep]]
-      writer.add(ids, rows[keep])
-      n_tokens += int(sum(pending[i].length for i in batch.doc_index[keep]))
-      bar.update(len(ids))
+    for call in calls:
+      index, rows = extractor.run(call)
+      writer.add([pending[i].doc_id for i in index], rows)
+      n_tokens += int(sum(pending[i].tokens.shape[0] for i in index))
+      bar.update(len(index))
   bar.close()
   seconds = time.perf_counter() - start
   stats.update(
-    n_computed=len(pending),
+    n_computed=n_todo,
     seconds=seconds,
-    docs_per_s=len(pending) / seconds,
-    tokens_per_s=n_tokens / seconds,
+    docs_per_s=n_todo / seconds if seconds > 0 else 0.0,
+    tokens_per_s=n_tokens / seconds if seconds > 0 else 0.0,
   )
   return stats
-
-
-def iter_gradients(
-  extractor: GradientExtractor, batches: Iterator[Any]
-) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-  """(doc_index, rows) per batch, padding rows dropped (no store)."""
-  for batch in batches:
-    rows = extractor(batch.tokens, batch.loss_mask)
-    keep = batch.doc_index >= 0
-    yield batch.doc_index[keep], rows[keep]

@@ -25,7 +25,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from absl.testing import absltest, parameterized
-from flax import nnx
 
 from gatoms_jax import curvature, grads, sharding
 from gatoms_jax import store as store_lib
@@ -123,24 +122,34 @@ def _module_inputs(model, config, tokens):
 
 @functools.partial(jax.jit, static_argnums=0)
 def _reference_parts(mdef, base, lora, tokens, loss_mask):
-  """Per-doc module inputs and base-kernel gradients ∂L_doc/∂W (untapped)."""
+  """Per-doc module inputs x and base-kernel gradients ∂L_doc/∂W (untapped).
 
-  def doc_loss(base_, tok, lm):
-    model = lora_lib.merge(mdef, base_, lora)
+  Returns:
+    ({module: x (b, t, i)}, {module: ∂L_doc/∂W (b, i, o)}).
+  """
+  flat, treedef = jax.tree_util.tree_flatten_with_path(base)
+  paths = [lora_lib.path_str(p) for p, _ in flat]
+  values = [v for _, v in flat]
+  modules = lora_lib.lora_modules(lora)
+  # Differentiate only the adapted modules' kernels (a smaller backward pass).
+  chosen = [paths.index(f'{m}.kernel') for m in modules]
+
+  def doc_loss(kernels, tok, lm):
+    vals = list(values)
+    for k, w in zip(chosen, kernels):
+      vals[k] = w
+    model = lora_lib.merge(
+      mdef, jax.tree_util.tree_unflatten(treedef, vals), lora
+    )
     logits = model(tok[None])[0, :-1]
     return jnp.sum(token_nll(logits, tok[1:]) * lm[1:])
 
-  per_doc = jax.vmap(jax.grad(doc_loss), in_axes=(None, 0, 0))(
-    base, tokens, loss_mask
+  kernel_grads = jax.vmap(jax.grad(doc_loss), in_axes=(None, 0, 0))(
+    [values[k] for k in chosen], tokens, loss_mask
   )
   model = lora_lib.merge(mdef, base, lora)
-  return _module_inputs(model, mdef.config, tokens), nnx.to_pure_dict(per_doc)
-
-
-def _get(tree, dotted):
-  for k in dotted.split('.'):
-    tree = tree[int(k) if k.isdigit() else k]
-  return tree
+  xs = _module_inputs(model, mdef.config, tokens)
+  return {m: xs[m] for m in modules}, dict(zip(modules, kernel_grads))
 
 
 def brute_force_factors(mdef, base, lora, lcfg, tokens, loss_mask, weights):
@@ -151,7 +160,7 @@ def brute_force_factors(mdef, base, lora, lcfg, tokens, loss_mask, weights):
   for module in lora_lib.lora_modules(lora):
     a, b = leaves[f'{module}.lora_a'], leaves[f'{module}.lora_b']
     x_all = np.asarray(xs[module], np.float64)
-    d_all = np.asarray(_get(kernel_grads, module)['kernel'], np.float64)
+    d_all = np.asarray(kernel_grads[module], np.float64)
     for doc in range(tokens.shape[0]):
       # Positions after the doc's real tokens have zero output gradient
       # (causal model, no loss there): the doc's real rows carry all of ∂L/∂W.

@@ -12,7 +12,7 @@ from configs import common
 from gatoms_jax import dictionary, lasso, sharding
 
 
-def _planted(seed, n=600, d=48, k=12, noise=0.02):
+def _planted(seed, n=601, d=48, k=12, noise=0.02):
   """Rows = random mixes of 1–3 of k random unit atoms + small noise."""
   rng = np.random.default_rng(seed)
   P = rng.standard_normal((k, d))
@@ -47,8 +47,9 @@ def _bcd_reference(D, A, B, sweeps):
   return D
 
 
-# Settings shared by the learning tests (one compile per mesh and mode).
-_KW = dict(n_atoms=12, alpha=0.05, bcd_sweeps=3, progress=False)
+# Settings and shapes (601 rows: padded on 4 devices) shared by the learning
+# tests, so that they share compiled steps (one per mesh and mode).
+_KW = dict(n_atoms=12, alpha=0.05, progress=False)
 
 
 class BuildingBlocksTest(parameterized.TestCase):
@@ -164,8 +165,8 @@ class LearnTest(parameterized.TestCase):
     ('minibatch_data', 'minibatch', 'data'),
   )
   def test_sharded_equals_unsharded(self, mode, init):
-    X, _ = _planted(seed=1, n=203)  # not a multiple of 4: exercises padding
-    kw = dict(_KW, n_iter=5, init=init, mode=mode, batch_size=50, seed=3)
+    X, _ = _planted(seed=1)
+    kw = dict(_KW, n_iter=4, init=init, mode=mode, batch_size=64, seed=3)
     r1 = dictionary.learn_dictionary(X, mesh=_mesh(1), **kw)
     r4 = dictionary.learn_dictionary(X, mesh=_mesh(4), **kw)
     # Same algorithm, only the reduction order of the psum-ed statistics and
@@ -207,8 +208,8 @@ class LearnTest(parameterized.TestCase):
     self.assertLess(r_np.objective, 1.3 * planted)
 
   def test_deterministic_by_seed(self):
-    X, _ = _planted(seed=4, n=200)
-    kw = dict(_KW, n_iter=5, init='data', mesh=_mesh(1))
+    X, _ = _planted(seed=4)
+    kw = dict(_KW, n_iter=4, init='data', mesh=_mesh(1))
     a = dictionary.learn_dictionary(X, seed=7, **kw)
     b = dictionary.learn_dictionary(X, seed=7, **kw)
     c = dictionary.learn_dictionary(X, seed=8, **kw)
@@ -240,7 +241,7 @@ class LearnTest(parameterized.TestCase):
     cfg.dictionary.n_iter = 4
     cfg.dictionary.init = 'data'
     cfg.dictionary.tol = 0.0
-    X, _ = _planted(seed=6, n=200)
+    X, _ = _planted(seed=6)
     seen = []
     res = dictionary.learn_dictionary_from_config(
       X,

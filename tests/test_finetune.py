@@ -1,20 +1,16 @@
 """Tests for gatoms_jax/finetune.py and experiments/finetune.py.
 
-One tiny run (random 2-layer llama, byte-level tokenizer, 8 steps) is shared
-by the loss, export and resume tests; the resume test kills a second run with
-SIGKILL after its step-4 checkpoint and checks that the restarted run ends
-with the same parameters.
+One tiny run (configs/tiny_test.py: random 2-layer llama, byte-level
+tokenizer, 8 steps) is shared by the loss, export and resume tests. The
+SIGKILL resume test is in test_checkpoint.py.
 """
 
 import json
 import os
 import shutil
-import signal
-import subprocess
 import sys
 import tempfile
-import textwrap
-import time
+from unittest import mock
 
 import jax
 import jax.numpy as jnp
@@ -40,39 +36,13 @@ from gatoms_jax.models.transformer import LoraConfig, Transformer  # noqa: E402
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import tiny_tokenizer  # noqa: E402
 
-STEPS = 8
+STEPS = tiny_test.get_config().finetune.steps
 
 
 def _config(tokenizer_dir):
   c = tiny_test.get_config()
   c.model.tokenizer = tokenizer_dir
-  c.lora.targets = ('all',)
-  c.data.n_docs = 24
-  c.data.heldout_fraction = 0.25
-  c.finetune.steps = STEPS
-  c.finetune.batch_size = 8
-  c.finetune.learning_rate = 3e-2
-  c.finetune.checkpoint_every = 2
-  c.finetune.eval_every = 4
   return c
-
-
-# Run by the resume test in a subprocess: argv = workdir, tokenizer dir,
-# seconds to sleep after each step (so that the parent can kill it mid-run).
-_DRIVER = textwrap.dedent(
-  """
-  import json, sys, time
-  sys.path.insert(0, {repo!r})
-  sys.path.insert(0, {tests!r})
-  from test_finetune import _config
-  from gatoms_jax import finetune
-  workdir, tok, delay = sys.argv[1], sys.argv[2], float(sys.argv[3])
-  result = finetune.finetune(
-      _config(tok), workdir, progress=False,
-      on_step=lambda step, entry: time.sleep(delay))
-  print('RESULT ' + json.dumps({{'resumed_from_step': result.resumed_from_step}}))
-  """
-)
 
 
 def _assert_trees_close(test, a, b, atol):
@@ -105,7 +75,9 @@ class FinetuneRunTest(absltest.TestCase):
     # losses by ≈ 0.3 nats, batch-to-batch noise is ≈ 0.05.
     self.assertLess(np.mean(train[-3:]), np.mean(train[:2]) - 0.1)
     self.assertLess(r.heldout_loss_after, r.heldout_loss_before - 0.1)
-    self.assertEqual([h['step'] for h in r.history if 'heldout_loss' in h], [0, 4, 8])
+    self.assertEqual(
+      [h['step'] for h in r.history if 'heldout_loss' in h], [0, 4, 8]
+    )
     self.assertIsNone(r.resumed_from_step)
     self.assertGreater(r.tokens_per_s, 0)
 
@@ -121,7 +93,9 @@ class FinetuneRunTest(absltest.TestCase):
     self.assertEqual(lora_config, ft_lib.lora_config_from(self.config))
     # safetensors stores the float32 bits unchanged.
     _assert_trees_close(self, tree, r.lora, atol=0)
-    _assert_trees_close(self, ft_lib.load_lora(r.lora_dir, r.mdef), r.lora, atol=0)
+    _assert_trees_close(
+      self, ft_lib.load_lora(r.lora_dir, r.mdef), r.lora, atol=0
+    )
     with open(os.path.join(r.workdir, 'result.json')) as f:
       saved = json.load(f)
     self.assertAlmostEqual(saved['heldout_loss_after'], r.heldout_loss_after)
@@ -141,43 +115,6 @@ class FinetuneRunTest(absltest.TestCase):
     config.finetune.learning_rate = 1e-3
     with self.assertRaisesRegex(ValueError, 'finetune.learning_rate'):
       ft_lib.finetune(config, workdir, progress=False)
-
-  def test_resume_after_sigkill_matches_uninterrupted_run(self):
-    workdir = os.path.join(self.dir, 'killed')
-    driver = os.path.join(self.dir, 'driver.py')
-    with open(driver, 'w') as f:
-      f.write(_DRIVER.format(repo=REPO, tests=os.path.join(REPO, 'tests')))
-    cmd = [sys.executable, driver, workdir, self.tok_dir]
-    env = dict(os.environ, JAX_PLATFORMS='cpu')
-    # 1 s per step after the checkpoint at step 4 leaves ample time to kill
-    # the run before it finishes (step 8).
-    proc = subprocess.Popen(
-      cmd + ['1.0'], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE
-    )
-    committed = os.path.join(workdir, 'checkpoints', '4')
-    deadline = time.time() + 120
-    while not os.path.isdir(committed) and proc.poll() is None:
-      self.assertLess(time.time(), deadline, 'no checkpoint at step 4')
-      time.sleep(0.05)
-    self.assertIsNone(proc.poll(), proc.communicate()[1].decode()[-3000:])
-    proc.send_signal(signal.SIGKILL)
-    proc.communicate()
-    self.assertEqual(proc.returncode, -signal.SIGKILL)
-    self.assertFalse(os.path.exists(os.path.join(workdir, 'result.json')))
-
-    out = subprocess.run(cmd + ['0'], env=env, capture_output=True, check=False)
-    self.assertEqual(out.returncode, 0, out.stderr.decode()[-3000:])
-    line = [l for l in out.stdout.decode().splitlines() if l.startswith('RESULT ')]
-    resumed = json.loads(line[-1][len('RESULT ') :])['resumed_from_step']
-    self.assertGreaterEqual(resumed, 4)
-    self.assertLess(resumed, STEPS)
-    # Same data order, same restored state, same compiled steps: the
-    # parameters come out bit for bit equal.
-    lora = ft_lib.load_lora(os.path.join(workdir, 'lora'), self.result.mdef)
-    _assert_trees_close(self, lora, self.result.lora, atol=0)
-    with open(os.path.join(workdir, 'result.json')) as f:
-      history = json.load(f)['history']
-    self.assertEqual(history, self.result.history)
 
   def test_greedy_accuracy_runs(self):
     r = self.result
@@ -203,6 +140,16 @@ class FinetuneRunTest(absltest.TestCase):
 
 class CliTest(absltest.TestCase):
   def test_one_step_smoke(self):
+    # The app's flags go on the global FLAGS; remove them afterwards so that
+    # other apps imported in this process can define theirs.
+    before = set(flags.FLAGS)
+
+    def cleanup():
+      for name in set(flags.FLAGS) - before:
+        delattr(flags.FLAGS, name)
+      sys.modules.pop('experiments.finetune', None)
+
+    self.addCleanup(cleanup)
     from experiments import finetune as cli
 
     tmp = tempfile.mkdtemp(prefix='test_finetune_cli_')
@@ -214,10 +161,11 @@ class CliTest(absltest.TestCase):
       f'--config={os.path.join(REPO, "configs", "tiny_test.py")}',
       f'--config.model.tokenizer={tok}',
       '--config.finetune.steps=1',
-      '--config.data.n_docs=16',
       f'--workdir={workdir}',
     ]
-    flags.FLAGS(argv)
+    # config_flags reads the --config.* overrides from sys.argv.
+    with mock.patch.object(sys, 'argv', argv):
+      flags.FLAGS(argv)
     self.addCleanup(flags.FLAGS.unparse_flags)
     with self.assertRaises(Exception):  # app.UsageError
       cli.main(['finetune', 'extra'])
@@ -234,16 +182,22 @@ class GradAccumTest(parameterized.TestCase):
   def setUpClass(cls):
     super().setUpClass()
     tok = tiny_tokenizer.tiny_tokenizer()
-    docs = data_lib.generate_mixture(8, 0)
-    cls.docs, _ = data_lib.tokenize_documents(docs, tok, 128)
+    docs = data_lib.generate_mixture(16, 0)
+    # Documents whose answer is cut off entirely are dropped; 8 remain.
+    cls.docs = data_lib.tokenize_documents(docs, tok, 128)[0][:8]
+    assert len(cls.docs) == 8
     arch = config_lib.tiny_llama(vocab_size=len(tok))
-    model = Transformer(arch, lora=LoraConfig(rank=4, alpha=8.0), rngs=nnx.Rngs(0))
+    model = Transformer(
+      arch, lora=LoraConfig(rank=4, alpha=8.0), rngs=nnx.Rngs(0)
+    )
     cls.mdef, cls.base, lora = lora_lib.split(model)
     # Random B so that lora_a has gradients too (B = 0 zeroes them).
     cls.lora = lora_lib.init_lora(lora, 0, b_std=0.05)
 
   def _batch(self, rows, width, scale):
-    batch = next(data_lib.make_batches([self.docs[i] for i in rows], len(rows), width))
+    batch = next(
+      data_lib.make_batches([self.docs[i] for i in rows], len(rows), width)
+    )
     index, weight = grads_lib.loss_positions(batch.loss_mask, 128)
     return {
       'tokens': jnp.asarray(batch.tokens),
@@ -277,7 +231,9 @@ class GradAccumTest(parameterized.TestCase):
     )
     # MultiSteps applies nothing until the k-th micro-batch.
     _assert_trees_close(self, mid, self.lora, atol=0)
-    acc, state, aux2 = step2(mid, state, self.base, self._batch(second, 128, 2 / n))
+    acc, state, aux2 = step2(
+      mid, state, self.base, self._batch(second, 128, 2 / n)
+    )
     # Same sums in another order: fp32 rounding, params are O(0.1-1).
     _assert_trees_close(self, acc, big, atol=2e-6)
     moved = max(
@@ -287,7 +243,9 @@ class GradAccumTest(parameterized.TestCase):
     self.assertGreater(moved, 1e-3)
     # Summed CE of the halves adds up to the whole (fp32, ~1e3 total).
     self.assertAlmostEqual(
-      float(aux1['loss_sum'] + aux2['loss_sum']), float(aux['loss_sum']), delta=1e-2
+      float(aux1['loss_sum'] + aux2['loss_sum']),
+      float(aux['loss_sum']),
+      delta=1e-2,
     )
 
 
@@ -313,7 +271,9 @@ class DataScheduleTest(absltest.TestCase):
     self.assertEqual(a.position(5), divmod(10, 7))
     # Another seed gives another order (documents differ by length only).
     order = lambda sched: [
-      tuple(m['weight'].sum(axis=1)) for s in range(7) for m in sched.micro_batches(s)
+      tuple(m['weight'].sum(axis=1))
+      for s in range(7)
+      for m in sched.micro_batches(s)
     ]
     self.assertNotEqual(order(a), order(c))
     # Every epoch visits every document once (7 batches of 3 ≥ 20 docs).
@@ -328,7 +288,12 @@ class DataScheduleTest(absltest.TestCase):
 class ScoringTest(parameterized.TestCase):
   @parameterized.parameters(
     ('arithmetic', '12 + 5 = 17', 'The answer is 17.', True),
-    ('arithmetic', '(3 + 4) × 2 = 7 × 2 = 14', '(3 + 4) × 2 = 7 × 2 = 14', True),
+    (
+      'arithmetic',
+      '(3 + 4) × 2 = 7 × 2 = 14',
+      '(3 + 4) × 2 = 7 × 2 = 14',
+      True,
+    ),
     ('arithmetic', '12 + 5 = 17', '12 + 5 = 18', False),
     ('arithmetic', '1000 + 234 = 1234', 'It is 1,234', True),
     ('arithmetic', '12 + 5 = 17', 'Let me think', False),

@@ -36,7 +36,7 @@ def _prompts(seed=0, lengths=LENGTHS):
 def hf_greedy(hf, prompt, n, eos_ids):
   """transformers' greedy continuation, cut at the first of `eos_ids`."""
   ids = torch.tensor([prompt])
-  with torch.no_grad():
+  with torch.no_grad(), test_models.torch_threads():
     out = hf.generate(
       ids,
       attention_mask=torch.ones_like(ids),
@@ -163,6 +163,18 @@ class GenerateTest(absltest.TestCase):
       # reduction order: ~2e-6 relative on log-probs of magnitude ≤ ~10.
       np.testing.assert_allclose(logp[i], full[i, n - 1], atol=1e-4, rtol=0)
       self.assertEqual(int(np.argmax(logp[i])), self.greedy[i][0])
+
+  def test_one_new_token(self):
+    # N=1: prefill only, no decode step (cache of exactly P slots).
+    out = gen.generate(
+      self.mdef,
+      self.base,
+      self.lora,
+      self.prompts,
+      max_new_tokens=1,
+      eos_ids=(),
+    )
+    self.assertEqual(out, [g[:1] for g in self.greedy])
 
   def test_bad_inputs(self):
     with self.assertRaisesRegex(ValueError, 'prompt 1 is empty'):

@@ -35,7 +35,9 @@ class LassoTest(parameterized.TestCase):
     self.assertLess(n_it, 20000)  # converged, not capped
     self.assertGreater((A != 0).sum(), 0)
     self.assertGreater((A == 0).sum(), 0)  # both KKT branches are exercised
-    res = lasso.kkt_residual(jnp.asarray(X), jnp.asarray(D), jnp.asarray(A), alpha)
+    res = lasso.kkt_residual(
+      jnp.asarray(X), jnp.asarray(D), jnp.asarray(A), alpha
+    )
     # 1e-4: the brief's bar. fp32 reaches it comfortably here (observed
     # ~1e-7): gradients are O(1) and G's condition number is small, so the
     # fixed point is resolved to a few fp32 ulps of the O(1) entries.
@@ -52,12 +54,14 @@ class LassoTest(parameterized.TestCase):
     # row x against D is a regression with the d coordinates of x as the
     # samples and Z = Dᵀ (d×K) as the design, so n_samples = d; dividing our
     # ½‖x − Dᵀa‖² + α‖a‖₁ by d gives sklearn's objective with a = α/d.
-    ref = np.stack([
-      Lasso(alpha=alpha / d, fit_intercept=False, tol=1e-12, max_iter=100000)
-      .fit(D.T.astype(np.float64), x.astype(np.float64))
-      .coef_
-      for x in X
-    ])
+    ref = np.stack(
+      [
+        Lasso(alpha=alpha / d, fit_intercept=False, tol=1e-12, max_iter=100000)
+        .fit(D.T.astype(np.float64), x.astype(np.float64))
+        .coef_
+        for x in X
+      ]
+    )
     # 1e-5: both solve a strongly convex (G well conditioned) problem to
     # ~1e-7; the gap is fp32 rounding of O(1) codes times cond(G) ≈ 10.
     np.testing.assert_allclose(A, ref, atol=1e-5)
@@ -140,7 +144,9 @@ class LassoTest(parameterized.TestCase):
     B = A.copy()
     B[0, 0] += 0.1
     self.assertGreater(lasso.objective(X, D, B, 0.05), f)
-    res = lasso.kkt_residual(jnp.asarray(X), jnp.asarray(D), jnp.asarray(B), 0.05)
+    res = lasso.kkt_residual(
+      jnp.asarray(X), jnp.asarray(D), jnp.asarray(B), 0.05
+    )
     self.assertGreater(float(jnp.max(res)), 1e-3)
 
   def test_unknown_method(self):

@@ -8,6 +8,7 @@ loader (loaded once for the module).
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
@@ -94,8 +95,24 @@ def make_hf_model(kind: str, seed: int = 0):
   return model.eval()
 
 
+@contextlib.contextmanager
+def torch_threads(n: int = 1):
+  """Runs torch with n threads, then restores the setting.
+
+  On the shared 2-core test machine torch's default (one thread per core)
+  spins against XLA and other processes: greedy generation with the real
+  model was 5× slower with 2 threads than with 1.
+  """
+  before = torch.get_num_threads()
+  torch.set_num_threads(n)
+  try:
+    yield
+  finally:
+    torch.set_num_threads(before)
+
+
 def torch_logits(model, tokens: np.ndarray) -> np.ndarray:
-  with torch.no_grad():
+  with torch.no_grad(), torch_threads():
     return model(torch.as_tensor(tokens, dtype=torch.long)).logits.numpy()
 
 

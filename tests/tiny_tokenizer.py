@@ -18,7 +18,9 @@ CHATML = (
 def tiny_tokenizer() -> PreTrainedTokenizerFast:
   """256 byte tokens (no merges) + <|im_end|>, <|endoftext|>, <|im_start|>."""
   alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
-  tok = Tokenizer(models.BPE(vocab={c: i for i, c in enumerate(alphabet)}, merges=[]))
+  tok = Tokenizer(
+    models.BPE(vocab={c: i for i, c in enumerate(alphabet)}, merges=[])
+  )
   tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
   tok.decoder = decoders.ByteLevel()
   return PreTrainedTokenizerFast(

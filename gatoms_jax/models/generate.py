@@ -131,7 +131,7 @@ def _generate_batch(
     tokens, valid: int32/bool [B, P] left-padded prompts.
     done: bool [B], rows that are padding (never generate).
     row_keys: [B] PRNG keys, one per prompt (sampling only).
-    eos_ids: int32 [k] ids that end a row.
+    eos_ids: int32 [k] ids that end a row (-1: padding).
     temperature, top_p: float32 scalars (sampling only).
     max_new_tokens: N.
     mode: 'greedy', 'sample' or 'top_p'.
@@ -327,7 +327,11 @@ class Generator:
     mode = (
       'greedy' if temperature == 0 else ('top_p' if top_p < 1 else 'sample')
     )
-    eos = jnp.asarray(self.eos_ids, jnp.int32)
+    # Padded with -1 (never a token) to a multiple of 8: changing the stop set
+    # does not recompile.
+    eos = np.full((-(-max(len(self.eos_ids), 1) // 8) * 8,), -1, np.int32)
+    eos[: len(self.eos_ids)] = self.eos_ids
+    eos = jnp.asarray(eos)
     key = jax.random.key(seed)
     temp = jnp.float32(max(temperature, 1e-30))
     nucleus = jnp.float32(top_p)
@@ -484,8 +488,9 @@ def eos_token_ids(model_path: str, tokenizer: Any = None) -> tuple[int, ...]:
   """Every id that should end a generation for a model.
 
   Union of: the tokenizer's eos_token_id; `eos_token_id` of config.json and
-  generation_config.json (HF directory) or the GGUF's eos/eot/eom ids; and the
-  ids of the `END_TOKENS` the tokenizer's vocabulary has.
+  generation_config.json (HF directory) or, without a tokenizer, the GGUF's
+  eos/eot/eom ids; and the ids of the `END_TOKENS` the tokenizer's vocabulary
+  has.
 
   Args:
     model_path: HF directory, .gguf file or 'embedded'.
@@ -511,7 +516,9 @@ def eos_token_ids(model_path: str, tokenizer: Any = None) -> tuple[int, ...]:
         cfg = json.load(f)
       ids.update(_as_ids(cfg.get('eos_token_id')))
       ids.update(_as_ids((cfg.get('text_config') or {}).get('eos_token_id')))
-  elif path.endswith('.gguf') and os.path.isfile(path):
+  elif tokenizer is None and path.endswith('.gguf') and os.path.isfile(path):
+    # Parsing a GGUF reads its whole vocabulary (seconds); a tokenizer built
+    # from the same file already carries these ids.
     import gguf
 
     reader = gguf.GGUFReader(path)

@@ -221,7 +221,9 @@ class Attention(nnx.Module):
     else:
       self.q_norm = self.k_norm = None
 
-  def __call__(self, x, positions, valid, cache, cache_index, taps):
+  def __call__(
+    self, x, positions, valid, cache, cache_index, taps, segment_ids=None
+  ):
     c = self.config
     b, t, _ = x.shape
     q = self.q_proj(x, taps).reshape(b, t, c.num_heads, c.head_dim)
@@ -245,6 +247,8 @@ class Attention(nnx.Module):
       new_cache = {'k': keys, 'v': values, 'pos': key_pos, 'valid': key_valid}
 
     mask = (key_pos[:, None, :] <= positions[:, :, None]) & key_valid[:, None, :]
+    if segment_ids is not None:  # packed documents: no attention across them
+      mask &= segment_ids[:, None, :] == segment_ids[:, :, None]
     if self.layer_type == 'sliding' and c.sliding_window:
       mask &= key_pos[:, None, :] > positions[:, :, None] - c.sliding_window
     g = c.num_heads // c.num_kv_heads
@@ -296,9 +300,17 @@ class DecoderLayer(nnx.Module):
       self.post_feedforward_layernorm = RMSNorm(c.hidden_size, **kw)
     self.mlp = MLP(c, layer, lora, dtype, rngs)
 
-  def __call__(self, x, positions, valid, cache, cache_index, taps):
+  def __call__(
+    self, x, positions, valid, cache, cache_index, taps, segment_ids=None
+  ):
     h, new_cache = self.self_attn(
-      self.input_layernorm(x), positions, valid, cache, cache_index, taps
+      self.input_layernorm(x),
+      positions,
+      valid,
+      cache,
+      cache_index,
+      taps,
+      segment_ids,
     )
     if self.sandwich:
       x = x + self.post_attention_layernorm(h)
@@ -357,8 +369,14 @@ class Transformer(nnx.Module):
     cache: Optional[dict] = None,
     cache_index: Optional[Array] = None,
     taps: Optional[LoraTaps] = None,
+    segment_ids: Optional[Array] = None,
   ) -> tuple[Array, Optional[dict]]:
-    """Final-norm hidden states (b t d) and the updated cache."""
+    """Final-norm hidden states (b t d) and the updated cache.
+
+    `segment_ids` (b t, int; no cache) packs several documents into one row:
+    a token attends only to keys with its own segment id. Give each packed
+    document its own `positions` starting at 0.
+    """
     b, t = tokens.shape
     if positions is None:
       positions = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
@@ -368,7 +386,9 @@ class Transformer(nnx.Module):
     new_cache = None if cache is None else {'layers': []}
     for i, layer in enumerate(self.layers):
       layer_cache = None if cache is None else cache['layers'][i]
-      x, c = layer(x, positions, valid, layer_cache, cache_index, taps)
+      x, c = layer(
+        x, positions, valid, layer_cache, cache_index, taps, segment_ids
+      )
       if cache is not None:
         new_cache['layers'].append(c)
     return self.norm(x), new_cache

@@ -10,11 +10,8 @@ import functools
 import os
 from typing import Any
 
-import jax.numpy as jnp
 import numpy as np
-from absl import logging
 
-from gatoms_jax.models import config as model_config_lib
 from gatoms_jax.models import convert
 from gatoms_jax.models import lora as lora_lib
 from gatoms_jax.models.transformer import LoraConfig, Transformer
@@ -39,46 +36,32 @@ class RunContext:
 
   @property
   def lora_config(self) -> LoraConfig:
-    c = self.config.lora
-    return LoraConfig(rank=c.rank, alpha=c.alpha, targets=tuple(c.targets))
+    from gatoms_jax.finetune import lora_config_from
+
+    return lora_config_from(self.config)
 
   @property
   def model_path(self) -> str:
     return convert.resolve_model_path(self.config.model.path)
 
   @functools.cached_property
+  def _model_and_tokenizer(self):
+    from gatoms_jax.finetune import load_model_and_tokenizer
+
+    return load_model_and_tokenizer(self.config)
+
+  @property
   def model(self) -> Transformer:
-    path = self.model_path
-    dtype = jnp.dtype(self.config.model.dtype)
-    if path.startswith('random:'):
-      # Random presets (tests): vocab sized to the tokenizer so real chat
-      # documents can be fed through a tiny model.
-      name = path.split(':', 1)[1]
-      if name not in model_config_lib.PRESETS:
-        raise convert.ModelLoadError(
-          f'Unknown preset {name!r}; known: {sorted(model_config_lib.PRESETS)}'
-        )
-      overrides = {}
-      if name.startswith('tiny_'):
-        overrides['vocab_size'] = len(self.tokenizer)
-      cfg = model_config_lib.PRESETS[name](**overrides)
-      return lora_lib.make_model(cfg, self.lora_config, dtype=dtype, seed=self.config.seed)
-    logging.info('loading model %s', path)
-    return convert.load_model(path, lora=self.lora_config, dtype=dtype)
+    return self._model_and_tokenizer[0]
+
+  @property
+  def tokenizer(self) -> Any:
+    return self._model_and_tokenizer[1]
 
   @functools.cached_property
   def split_model(self):
     """(mdef, base, initial LoRA tree)."""
     return lora_lib.split(self.model)
-
-  @functools.cached_property
-  def tokenizer(self) -> Any:
-    from gatoms_jax.tokenizer import load_tokenizer
-
-    source = self.config.model.tokenizer or self.config.model.path
-    if source.startswith('random:'):
-      source = 'embedded'
-    return load_tokenizer(source)
 
   @functools.cached_property
   def eos_ids(self) -> tuple[int, ...]:
@@ -88,10 +71,6 @@ class RunContext:
     return tuple(eos_token_ids('' if path.startswith('random:') else path, self.tokenizer))
 
   # -- data ----------------------------------------------------------------
-
-  @property
-  def system_prompt(self):
-    return self.config.data.get('system_prompt', '') or None
 
   @functools.cached_property
   def documents(self) -> list:
@@ -103,25 +82,12 @@ class RunContext:
     return docs
 
   @functools.cached_property
-  def tokenized(self) -> tuple[list, list, Any]:
-    """(train docs, heldout docs, TokenizeStats)."""
-    from gatoms_jax.data import split_heldout, tokenize_documents
-
-    toks, stats = tokenize_documents(
-      self.documents,
-      self.tokenizer,
-      self.config.data.max_length,
-      system_prompt=self.system_prompt,
-    )
-    logging.info('tokenised: %s', stats.summary())
-    train, heldout = split_heldout(
-      toks, self.config.data.heldout_fraction, self.config.seed
-    )
-    return train, heldout, stats
-
-  @property
   def train_docs(self) -> list:
-    return self.tokenized[0]
+    """The tokenised training split (the same split the fine-tune used)."""
+    from gatoms_jax.finetune import prepare_data
+
+    train, _ = prepare_data(self.config, self.tokenizer, self.documents)
+    return train
 
   @functools.cached_property
   def doc_by_id(self) -> dict:

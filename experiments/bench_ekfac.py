@@ -1,0 +1,434 @@
+r"""Benchmark: gatoms_jax EK-FAC factors vs kronfluence 1.0.1, same model/data.
+
+Both fit every EK-FAC factor of the 120 LoRA matrices of SmolLM2-135M-Instruct
+(the embedded GGUF; LoRA r=8, alpha=16 on q_proj/v_proj: 60 lora_A + 60
+lora_B) on the same `n_docs` documents of the generated task mixture:
+covariances A and S, their eigendecomposition, and the eigenvalue correction
+Λ. Settings are matched:
+
+  * model: transformers' own GGUF loader (float32) + a PEFT LoRA whose weights
+    are ours (lora_A.weight = lora_aᵀ, lora_B.weight = lora_bᵀ; dropout 0);
+    the two models' summed losses are compared as a sanity check;
+  * loss: summed CE over assistant tokens; Fisher: empirical by default
+    (`--fisher=true` samples labels in both, but the samples differ, and our
+    Λ then still comes from data-label gradients);
+  * tokens: kronfluence averages A and S over every non-padding token (its
+    `get_attention_mask`), so we use token_scope='all' with the same valid
+    mask; it divides A, S by that token count and Λ by the number of
+    documents, as we do;
+  * damping: none in either — kronfluence only adds damping when it
+    preconditions gradients for scores, not when fitting factors.
+
+Timing: gatoms_jax is warmed up on one batch of every padded shape first (the
+warm-up, i.e. XLA compilation, is reported as jax_compile_s and excluded from
+jax_s). Our correction needs per-document gradients; in the pipeline they
+come from the GradientStore of step 1, but kronfluence recomputes them in
+its Λ pass, so here they are computed with `GradientExtractor` inside the
+timed correction phase (also reported alone as jax_gradients_s).
+kronfluence's phases are its three `Analyzer` calls (what `fit_all_factors`
+runs), including the small safetensors writes it always does.
+
+Accuracy: for every module, the relative error of the top eigenvalue of A,
+of S, and of the largest Λ entry (kronfluence's Λ is (out, in): transposed).
+The last line of stdout is one JSON object.
+
+  .venv/bin/python experiments/bench_ekfac.py
+  .venv/bin/python -m experiments.bench_ekfac --n_docs=64 --devices=1
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import tempfile
+import time
+
+if __package__ in (None, ''):  # run as a script: make `gatoms_jax` importable
+  sys.path.insert(
+    0, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  )
+
+import numpy as np
+from absl import app, flags, logging
+
+FLAGS = flags.FLAGS
+flags.DEFINE_integer('n_docs', 64, 'Documents of the generated mixture.')
+flags.DEFINE_integer('data_seed', 0, 'Mixture generator seed.')
+flags.DEFINE_integer('max_length', 256, 'Token cap per document.')
+flags.DEFINE_integer('batch_size', 8, 'Documents per batch (both sides).')
+flags.DEFINE_integer('bucket_multiple', 16, 'gatoms_jax pads lengths to this.')
+flags.DEFINE_enum('fisher', 'empirical', ['empirical', 'true'], 'Fisher type.')
+flags.DEFINE_integer('lora_rank', 8, 'LoRA r.')
+flags.DEFINE_float('lora_alpha', 16.0, 'LoRA alpha.')
+flags.DEFINE_list('lora_targets', ['q_proj', 'v_proj'], 'LoRA target modules.')
+flags.DEFINE_integer('lora_seed', 0, 'Seed of the LoRA init.')
+flags.DEFINE_float(
+  'b_std', 0.02, 'Std of the random LoRA B (0 makes every lora_A gradient 0).'
+)
+flags.DEFINE_integer(
+  'devices',
+  1,
+  'Fake XLA CPU devices (data/modules mesh size); set before jax starts.',
+)
+flags.DEFINE_integer('torch_threads', 0, 'torch threads (0: torch default).')
+flags.DEFINE_bool('skip_kronfluence', False, 'Only run gatoms_jax.')
+
+
+def _set_devices(n: int) -> None:
+  flag = f'--xla_force_host_platform_device_count={n}'
+  if 'jax' in sys.modules:
+    logging.warning('jax already imported; --devices=%d may be ignored', n)
+  if n > 1:
+    os.environ['XLA_FLAGS'] = (
+      os.environ.get('XLA_FLAGS', '') + ' ' + flag
+    ).strip()
+
+
+def load_data():
+  """Tokenised docs, their batches (length-sorted), and per-batch valid masks."""
+  from gatoms_jax import tokenizer as tokenizer_lib
+  from gatoms_jax.data import mixture, tokenize
+
+  tok = tokenizer_lib.load_tokenizer('embedded')
+  docs = mixture.generate_mixture(FLAGS.n_docs, seed=FLAGS.data_seed)
+  tokenized, stats = tokenize.tokenize_documents(docs, tok, FLAGS.max_length)
+  logging.info('data: %s', stats.summary())
+  batches = []
+  for batch in tokenize.make_batches(
+    tokenized, FLAGS.batch_size, FLAGS.bucket_multiple
+  ):
+    valid = np.zeros(batch.tokens.shape, np.float32)
+    for row, i in enumerate(batch.doc_index):
+      if i >= 0:
+        valid[row, : tokenized[i].length] = 1.0
+    batches.append((batch, valid))
+  return tokenized, batches
+
+
+# ---------------------------------------------------------------------------
+# gatoms_jax.
+
+
+def run_jax(tokenized, batches):
+  import jax
+
+  from gatoms_jax import curvature, grads, sharding
+  from gatoms_jax import store as store_lib
+  from gatoms_jax.models import convert
+  from gatoms_jax.models import lora as lora_lib
+  from gatoms_jax.models.transformer import LoraConfig
+
+  lcfg = LoraConfig(
+    rank=FLAGS.lora_rank,
+    alpha=FLAGS.lora_alpha,
+    targets=tuple(FLAGS.lora_targets),
+  )
+  model = convert.load_model('embedded', lora=lcfg)
+  mdef, base, lora = lora_lib.split(model)
+  lora = lora_lib.init_lora(lora, FLAGS.lora_seed, b_std=FLAGS.b_std)
+  layout = store_lib.layout_from_tree(lora)
+  mesh = sharding.make_mesh()
+  module_mesh = sharding.make_mesh(sharding.MODULE_AXIS)
+  logging.info('jax devices: %s', jax.devices())
+  kw = dict(fisher=FLAGS.fisher, token_scope='all', mesh=mesh)
+  extractor = grads.GradientExtractor(mdef, base, lora, mesh=mesh)
+
+  def ids_rows(batch):
+    keep = batch.doc_index >= 0
+    rows = extractor(batch.tokens, batch.loss_mask)[keep]
+    return [tokenized[i].doc_id for i in batch.doc_index[keep]], rows
+
+  # Warm-up = compilation: one batch of every padded shape through every
+  # jitted function (factor step, gradients, eigensolver, correction).
+  start = time.perf_counter()
+  warm = curvature.FactorAccumulator(mdef, base, lora, **kw)
+  seen, chunks = set(), []
+  for batch, valid in batches:
+    if batch.tokens.shape in seen:
+      continue
+    seen.add(batch.tokens.shape)
+    warm.update(batch.tokens, batch.loss_mask, valid)
+    chunks.append(ids_rows(batch))
+  warm_factors = curvature.eigendecompose(warm.finalize(), module_mesh)
+  curvature.correct_eigenvalues(
+    warm_factors, chunks, layout, mesh=mesh, progress=False
+  )
+  compile_s = time.perf_counter() - start
+  logging.info(
+    'jax warm-up (compilation) %.1fs over shapes %s', compile_s, seen
+  )
+
+  # The timed run.
+  t0 = time.perf_counter()
+  acc = curvature.FactorAccumulator(mdef, base, lora, **kw)
+  for batch, valid in batches:
+    acc.update(batch.tokens, batch.loss_mask, valid)
+  factors = acc.finalize()
+  t1 = time.perf_counter()
+  factors = curvature.eigendecompose(factors, module_mesh)
+  t2 = time.perf_counter()
+  chunks = [ids_rows(batch) for batch, _ in batches]
+  t3 = time.perf_counter()
+  factors = curvature.correct_eigenvalues(
+    factors, chunks, layout, mesh=mesh, progress=False
+  )
+  t4 = time.perf_counter()
+  timings = {
+    'covariance': t1 - t0,
+    'eigendecomposition': t2 - t1,
+    'correction': t4 - t2,
+    'gradients': t3 - t2,
+  }
+  logging.info('jax timings %s', timings)
+
+  # Summed loss of the first batch, for the cross-framework sanity check.
+  batch, _ = batches[0]
+  index, weight = grads.loss_positions(batch.loss_mask)
+  loss = float(grads.batch_loss(lora, mdef, base, batch.tokens, index, weight))
+  return factors, lora, timings, compile_s, loss
+
+
+# ---------------------------------------------------------------------------
+# kronfluence.
+
+
+def _peft_model(lora_tree):
+  """transformers' GGUF SmolLM2 + a PEFT LoRA carrying our LoRA weights."""
+  import peft
+  import torch
+  import transformers
+
+  from gatoms_jax.models import convert
+  from gatoms_jax.models import lora as lora_lib
+
+  path = convert.embedded_model_path()
+  model = transformers.AutoModelForCausalLM.from_pretrained(
+    os.path.dirname(path),
+    gguf_file=os.path.basename(path),
+    dtype=torch.float32,
+    local_files_only=True,
+  )
+  config = peft.LoraConfig(
+    r=FLAGS.lora_rank,
+    lora_alpha=FLAGS.lora_alpha,
+    target_modules=list(FLAGS.lora_targets),
+    lora_dropout=0.0,
+    bias='none',
+  )
+  model = peft.get_peft_model(model, config)
+  modules = dict(model.named_modules())
+  names = {}
+  with torch.no_grad():
+    for leaf, value in lora_lib.lora_leaves(lora_tree):
+      module, side = leaf.rsplit('.', 1)
+      name = f'base_model.model.model.{module}.lora_{side[-1].upper()}.default'
+      linear = modules[name]
+      weight = torch.from_numpy(np.asarray(value, np.float32).T.copy())
+      if tuple(linear.weight.shape) != tuple(weight.shape):
+        raise ValueError(f'{name}: {linear.weight.shape} vs {weight.shape}')
+      linear.weight.copy_(weight)
+      names[leaf] = name
+  model.eval()
+  return model, names
+
+
+def run_kronfluence(tokenized, batches, lora_tree):
+  import torch
+  from kronfluence.analyzer import Analyzer, prepare_model
+  from kronfluence.arguments import FactorArguments
+  from kronfluence.task import Task
+  from kronfluence.utils.dataset import DataLoaderKwargs
+
+  if FLAGS.torch_threads:
+    torch.set_num_threads(FLAGS.torch_threads)
+  model, names = _peft_model(lora_tree)
+  tracked = list(names.values())
+
+  class LoraTask(Task):
+    def compute_train_loss(self, batch, model, sample=False):
+      logits = (
+        model(
+          input_ids=batch['input_ids'], attention_mask=batch['attention_mask']
+        )
+        .logits[:, :-1]
+        .float()
+      )
+      mask = batch['loss_mask'][:, 1:]
+      if sample:
+        with torch.no_grad():
+          probs = torch.softmax(logits.detach(), dim=-1)
+          targets = torch.multinomial(probs.flatten(0, 1), 1).view(mask.shape)
+      else:
+        targets = batch['input_ids'][:, 1:]
+      nll = torch.nn.functional.cross_entropy(
+        logits.transpose(1, 2), targets, reduction='none'
+      )
+      return (nll * mask).sum()  # summed over assistant tokens
+
+    def compute_measurement(self, batch, model):
+      raise NotImplementedError
+
+    def get_influence_tracked_modules(self):
+      return tracked
+
+    def get_attention_mask(self, batch):
+      return batch['attention_mask']
+
+  # The same docs in the same (length-sorted) batches as gatoms_jax, padded
+  # per batch to its longest doc (no bucket rounding: less padding than ours).
+  order = [i for batch, _ in batches for i in batch.doc_index if i >= 0]
+  dataset = [tokenized[i] for i in order]
+
+  def collate(docs):
+    width = max(d.length for d in docs)
+    ids = torch.zeros((len(docs), width), dtype=torch.long)
+    attn = torch.zeros((len(docs), width), dtype=torch.long)
+    mask = torch.zeros((len(docs), width), dtype=torch.float32)
+    for row, d in enumerate(docs):
+      ids[row, : d.length] = torch.from_numpy(d.tokens.astype(np.int64))
+      attn[row, : d.length] = 1
+      mask[row, : d.length] = torch.from_numpy(d.loss_mask)
+    return {'input_ids': ids, 'attention_mask': attn, 'loss_mask': mask}
+
+  task = LoraTask()
+  with torch.no_grad():
+    first = collate(dataset[: FLAGS.batch_size])
+    loss = float(LoraTask().compute_train_loss(first, model))
+  model = prepare_model(model, task)
+  factor_args = FactorArguments(
+    strategy='ekfac', use_empirical_fisher=FLAGS.fisher == 'empirical'
+  )
+  loader_kwargs = DataLoaderKwargs(collate_fn=collate)
+  with tempfile.TemporaryDirectory() as out_dir:
+    analyzer = Analyzer(
+      analysis_name='bench_ekfac',
+      model=model,
+      task=task,
+      cpu=True,
+      output_dir=out_dir,
+      disable_tqdm=True,
+    )
+    common = dict(
+      factors_name='ekfac',
+      factor_args=factor_args,
+      overwrite_output_dir=True,
+    )
+    data_kw = dict(
+      dataset=dataset,
+      per_device_batch_size=FLAGS.batch_size,
+      dataloader_kwargs=loader_kwargs,
+    )
+    t0 = time.perf_counter()
+    analyzer.fit_covariance_matrices(**common, **data_kw)
+    t1 = time.perf_counter()
+    analyzer.perform_eigendecomposition(**common)
+    t2 = time.perf_counter()
+    analyzer.fit_lambda_matrices(**common, **data_kw)
+    t3 = time.perf_counter()
+    cov = analyzer.load_covariance_matrices('ekfac')
+    eig = analyzer.load_eigendecomposition('ekfac')
+    lam = analyzer.load_lambda_matrices('ekfac')
+  timings = {
+    'covariance': t1 - t0,
+    'eigendecomposition': t2 - t1,
+    'correction': t3 - t2,
+  }
+  logging.info('kronfluence timings %s', timings)
+  return cov, eig, lam, names, timings, loss
+
+
+# ---------------------------------------------------------------------------
+# Comparison.
+
+
+def _rel(ours, theirs):
+  return abs(float(ours) - float(theirs)) / max(abs(float(theirs)), 1e-30)
+
+
+def compare(factors, cov, eig, lam, names):
+  """Per-module relative errors of top eigenvalues of A, S and max Λ."""
+  errors = {'A': [], 'S': [], 'Lambda': [], 'A_top8': [], 'n_tokens': []}
+  worst = {}
+  for leaf, name in names.items():
+    kf_lam_a = eig['activation_eigenvalues'][name].double().numpy()
+    kf_lam_s = eig['gradient_eigenvalues'][name].double().numpy()
+    n_lam = float(lam['num_lambda_processed'][name])
+    kf_big_lam = lam['lambda_matrix'][name].double().numpy().T / n_lam
+    n_tok = float(cov['num_activation_covariance_processed'][name])
+    errors['n_tokens'].append(_rel(factors.n_tokens, n_tok))
+    errors['A'].append(_rel(factors.lam_a[leaf][-1], kf_lam_a[-1]))
+    errors['S'].append(_rel(factors.lam_s[leaf][-1], kf_lam_s[-1]))
+    errors['Lambda'].append(
+      _rel(factors.corrected[leaf].max(), kf_big_lam.max())
+    )
+    top = min(8, len(kf_lam_a))
+    errors['A_top8'].append(
+      max(
+        _rel(a, b) for a, b in zip(factors.lam_a[leaf][-top:], kf_lam_a[-top:])
+      )
+    )
+    for key in ('A', 'S', 'Lambda'):
+      if errors[key][-1] >= worst.get(key, (0.0, ''))[0]:
+        worst[key] = (errors[key][-1], leaf)
+  logging.info('worst modules: %s', worst)
+  return {k: float(max(v)) for k, v in errors.items()}, worst
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  _set_devices(FLAGS.devices)
+  tokenized, batches = load_data()
+  factors, lora_tree, jax_t, compile_s, jax_loss = run_jax(tokenized, batches)
+  jax_s = (
+    jax_t['covariance'] + jax_t['eigendecomposition'] + jax_t['correction']
+  )
+  result = {
+    'jax_s': round(jax_s, 2),
+    'kronfluence_s': None,
+    'speedup_vs_kronfluence': None,
+    'max_rel_err_eigenvalues': None,
+    'jax_covariance_s': round(jax_t['covariance'], 2),
+    'jax_eigendecomposition_s': round(jax_t['eigendecomposition'], 2),
+    'jax_correction_s': round(jax_t['correction'], 2),
+    'jax_gradients_s': round(jax_t['gradients'], 2),
+    'jax_compile_s': round(compile_s, 2),
+  }
+  if not FLAGS.skip_kronfluence:
+    cov, eig, lam, names, kf_t, kf_loss = run_kronfluence(
+      tokenized, batches, lora_tree
+    )
+    kf_s = sum(kf_t.values())
+    errors, worst = compare(factors, cov, eig, lam, names)
+    result.update(
+      kronfluence_s=round(kf_s, 2),
+      speedup_vs_kronfluence=round(kf_s / jax_s, 3),
+      max_rel_err_eigenvalues=float(
+        max(errors['A'], errors['S'], errors['Lambda'])
+      ),
+      kronfluence_covariance_s=round(kf_t['covariance'], 2),
+      kronfluence_eigendecomposition_s=round(kf_t['eigendecomposition'], 2),
+      kronfluence_correction_s=round(kf_t['correction'], 2),
+      max_rel_err_top_eig_A=errors['A'],
+      max_rel_err_top_eig_S=errors['S'],
+      max_rel_err_max_Lambda=errors['Lambda'],
+      max_rel_err_top8_eig_A=errors['A_top8'],
+      token_count_rel_err=errors['n_tokens'],
+      loss_rel_diff=_rel(jax_loss, kf_loss),
+      n_modules=len(names),
+    )
+  result.update(
+    n_docs=len(tokenized),
+    n_tokens=int(factors.n_tokens),
+    fisher=FLAGS.fisher,
+    token_scope='all',
+    damping=None,
+    devices=FLAGS.devices,
+    batch_size=FLAGS.batch_size,
+  )
+  print(json.dumps(result))
+
+
+if __name__ == '__main__':
+  app.run(main)
