@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 # Sharded code is tested on 4 fake CPU devices (see tests/conftest.py).
 TEST_ARGS ?=
 
-.PHONY: install test demo format lint clean
+.PHONY: install test demo format lint clean bench-deps
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -34,3 +34,9 @@ format: install
 
 clean:
 	rm -rf $(VENV)
+
+# Reference packages for experiments/bench_ekfac.py only. kronfluence declares
+# torchvision, which would pull another torch, but never imports it.
+bench-deps: install
+	$(BIN)/pip install --no-deps kronfluence==1.0.1 einconv==0.1.0
+	$(BIN)/pip install einops

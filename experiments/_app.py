@@ -19,7 +19,7 @@ _CONFIG = config_flags.DEFINE_config_file(
   'config', 'configs/smollm2_demo.py', 'Pipeline config file.', lock_config=True
 )
 _WORKDIR = flags.DEFINE_string(
-  'workdir', None, 'Results root; default: the config\'s results_dir.'
+  'workdir', None, "Results root; default: the config's results_dir."
 )
 
 

@@ -166,6 +166,8 @@ def main(argv):
   alpha = float(FLAGS.alpha)
   out = dict(n_rows=X.shape[0], dim=X.shape[1], n_atoms=FLAGS.n_atoms)
   out['alpha'] = alpha
+  # Other jobs share this machine: record the load next to the timings.
+  out['loadavg_1m_start'] = os.getloadavg()[0]
 
   if planted is not None:
     # Reference: the planted directions as a dictionary, codes solved to 1e-7.
@@ -205,12 +207,14 @@ def main(argv):
     jax_iters=len(hist),
     jax_config={k: cfg[k] for k in cfg},
   )
+  out['loadavg_1m_end'] = os.getloadavg()[0]
   if sk_obj is not None:
     hit = next((h for h in hist if h['objective'] <= sk_obj), None)
     # Never reached within the run: fall back to the final pair if it beats
     # sklearn's objective (it includes the final coding pass), else None.
     if hit is not None:
       out['jax_s'], out['jax_s_iter'] = hit['seconds'], hit['iter']
+      out['jax_s_objective'] = hit['objective']
     elif res.objective <= sk_obj:
       out['jax_s'], out['jax_s_iter'] = res.seconds, 'final'
     else:

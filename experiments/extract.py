@@ -1,6 +1,6 @@
 """Pipeline stage 'extract' alone (its inputs must be complete for the config).
 
-  python -m experiments.extract --config=configs/smollm2_demo.py [--config.x=y]
+python -m experiments.extract --config=configs/smollm2_demo.py [--config.x=y]
 """
 
 from experiments import _app

@@ -1,6 +1,6 @@
 """Pipeline stage 'dictionary' alone (its inputs must be complete for the config).
 
-  python -m experiments.learn_atoms --config=configs/smollm2_demo.py [--config.x=y]
+python -m experiments.learn_atoms --config=configs/smollm2_demo.py [--config.x=y]
 """
 
 from experiments import _app

@@ -1,6 +1,6 @@
 """Pipeline stage 'project' alone (its inputs must be complete for the config).
 
-  python -m experiments.project --config=configs/smollm2_demo.py [--config.x=y]
+python -m experiments.project --config=configs/smollm2_demo.py [--config.x=y]
 """
 
 from experiments import _app

@@ -19,7 +19,9 @@ _ATOMS = flags.DEFINE_list('atoms', [], 'Atom ids to sweep (default: matched).')
 _COEFFICIENTS = flags.DEFINE_list(
   'coefficients', [], 'atom:coefficient pairs for --export.'
 )
-_EXPORT = flags.DEFINE_string('export', '', 'Write a steered PEFT adapter here.')
+_EXPORT = flags.DEFINE_string(
+  'export', '', 'Write a steered PEFT adapter here.'
+)
 
 
 def main(argv):

@@ -6,7 +6,12 @@ per document (`grads`), rotated and rescaled by EK-FAC curvature
 atoms read as document clusters (`atoms`) and as steering vectors (`steer`).
 """
 
-from gatoms_jax.curvature import Factors, correct_eigenvalues, eigendecompose, fit_factors
+from gatoms_jax.curvature import (
+  Factors,
+  correct_eigenvalues,
+  eigendecompose,
+  fit_factors,
+)
 from gatoms_jax.dictionary import DictionaryResult, learn_dictionary
 from gatoms_jax.grads import GradientExtractor, extract_to_store
 from gatoms_jax.lasso import sparse_encode
@@ -14,7 +19,12 @@ from gatoms_jax.models.config import ModelConfig
 from gatoms_jax.models.convert import load_model
 from gatoms_jax.models.lora import flatten, merge, split, unflatten
 from gatoms_jax.models.transformer import LoraConfig, Transformer
-from gatoms_jax.projection import ProjectionSpec, Projector, make_spec, unproject
+from gatoms_jax.projection import (
+  ProjectionSpec,
+  Projector,
+  make_spec,
+  unproject,
+)
 from gatoms_jax.steer import AtomDirections
 from gatoms_jax.store import GradientStore
 

@@ -28,15 +28,14 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import hashlib
 import json
 import os
-import time
 from typing import Any, Iterable, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from absl import logging
 from jax.sharding import NamedSharding
 from tqdm import tqdm
 
@@ -223,7 +222,10 @@ def _factor_batch(lora, mdef, base, tokens, loss_mask, scope, key, fisher):
   sums = {}
   for module in probes:
     rec, g = record[module], out_grads[module]
-    for side, inp, out in (('a', rec['a_in'], g['a']), ('b', rec['b_in'], g['b'])):
+    for side, inp, out in (
+      ('a', rec['a_in'], g['a']),
+      ('b', rec['b_in'], g['b']),
+    ):
       leaf = f'{module}.lora_{side}'
       inp = inp.astype(jnp.float32) * jnp.sqrt(scope)[..., None]
       out = out.astype(jnp.float32) * jnp.sqrt(scope)[..., None]
@@ -330,9 +332,17 @@ def fit_factors(
   'all'; without it see `scope_weights`.
   """
   acc = FactorAccumulator(
-    mdef, base, lora, fisher=fisher, token_scope=token_scope, mesh=mesh, seed=seed
+    mdef,
+    base,
+    lora,
+    fisher=fisher,
+    token_scope=token_scope,
+    mesh=mesh,
+    seed=seed,
   )
-  for batch in tqdm(batches, total=n_batches, desc='factors', disable=not progress):
+  for batch in tqdm(
+    batches, total=n_batches, desc='factors', disable=not progress
+  ):
     acc.update(batch.tokens, batch.loss_mask, getattr(batch, 'valid', None))
   return acc.finalize()
 
@@ -372,7 +382,9 @@ def batched_eigh(
 
   Matrices are bucketed by size, each bucket stacked and padded with identity
   matrices to a multiple of the mesh size, and the stack axis is sharded over
-  mesh axis "modules" (jax.jit with NamedSharding in and out).
+  mesh axis "modules" (jax.jit with NamedSharding in and out). Bitwise-equal
+  matrices are solved once and share the result: the A factors of lora_a on
+  q_proj/k_proj/v_proj (or gate/up_proj) of one layer see the same input.
 
   Returns:
     name → (eigenvalues ascending, eigenvectors as columns).
@@ -389,19 +401,37 @@ def batched_eigh(
         'of this module (fp32 accumulation overflow or NaN activations)'
       )
   buckets: dict[int, list[str]] = {}
+  same_as: dict[str, str] = {}  # duplicate name → the name that is solved
+  seen: dict[tuple, list[str]] = {}
   for name, m in matrices.items():
+    m32 = np.ascontiguousarray(m, np.float32)
+    key = (m32.shape, hashlib.blake2b(m32.tobytes(), digest_size=16).digest())
+    twin = next(
+      (n for n in seen.get(key, ()) if np.array_equal(matrices[n], m)), None
+    )
+    if twin is not None:
+      same_as[name] = twin
+      continue
+    seen.setdefault(key, []).append(name)
     buckets.setdefault(m.shape[0], []).append(name)
   out = {}
   for size, names in sorted(buckets.items()):
     stack = np.stack([np.asarray(matrices[n], np.float32) for n in names])
     pad = (-len(names)) % n_dev
     if pad:
-      stack = np.concatenate([stack, np.broadcast_to(np.eye(size, dtype=np.float32), (pad, size, size))])
+      stack = np.concatenate(
+        [
+          stack,
+          np.broadcast_to(np.eye(size, dtype=np.float32), (pad, size, size)),
+        ]
+      )
     vals, vecs = solve(jax.device_put(stack, spec))
     vals, vecs = np.asarray(vals), np.asarray(vecs)
     for k, name in enumerate(names):
       out[name] = (vals[k], vecs[k])
-  return out
+  for name, twin in same_as.items():
+    out[name] = tuple(np.copy(x) for x in out[twin])
+  return {name: out[name] for name in matrices}
 
 
 def eigendecompose(factors: Factors, mesh=None) -> Factors:
@@ -428,7 +458,9 @@ def _rotate(rows: Array, layout, q_a: dict, q_s: dict) -> dict:
     i, o = leaf.shape
     g = rows[:, offset : offset + i * o].reshape(-1, i, o)
     offset += i * o
-    out[leaf.path] = jnp.einsum('ip,nio,oq->npq', q_a[leaf.path], g, q_s[leaf.path])
+    out[leaf.path] = jnp.einsum(
+      'ip,nio,oq->npq', q_a[leaf.path], g, q_s[leaf.path]
+    )
   return out
 
 
@@ -473,22 +505,32 @@ def correct_eigenvalues(
   # Accept every layout form make_spec accepts ((path, shape) pairs, dicts).
   layout = store_lib.normalize_layout(layout)
   dim = store_lib.layout_dim(layout)
-  q_a = jax.device_put({k: jnp.asarray(v, jnp.float32) for k, v in factors.q_a.items()}, rep)
-  q_s = jax.device_put({k: jnp.asarray(v, jnp.float32) for k, v in factors.q_s.items()}, rep)
+  q_a = jax.device_put(
+    {k: jnp.asarray(v, jnp.float32) for k, v in factors.q_a.items()}, rep
+  )
+  q_s = jax.device_put(
+    {k: jnp.asarray(v, jnp.float32) for k, v in factors.q_s.items()}, rep
+  )
   fn = _correction_fn(layout, mesh)
   total, n = None, 0
-  for ids, rows in tqdm(chunks, total=n_chunks, desc='eigenvalue correction', disable=not progress):
+  for ids, rows in tqdm(
+    chunks, total=n_chunks, desc='eigenvalue correction', disable=not progress
+  ):
     if np.ndim(rows) != 2 or np.shape(rows)[1] != dim or len(ids) != len(rows):
       raise CurvatureError(
         f'gradient chunk has shape {np.shape(rows)} for {len(ids)} ids; the '
         f'layout needs rows of width {dim}'
       )
-    padded, _ = sharding.pad_rows(np.asarray(rows, np.float32), sharding.axis_size(mesh, sharding.DATA_AXIS))
+    padded, _ = sharding.pad_rows(
+      np.asarray(rows, np.float32), sharding.axis_size(mesh, sharding.DATA_AXIS)
+    )
     sums = fn(padded, q_a, q_s)
     total = sums if total is None else jax.tree.map(jnp.add, total, sums)
     n += len(ids)
   if n == 0:
     raise CurvatureError('No gradient rows to correct eigenvalues with')
-  factors.corrected = {k: np.asarray(v, np.float64) / n for k, v in total.items()}
+  factors.corrected = {
+    k: np.asarray(v, np.float64) / n for k, v in total.items()
+  }
   factors.n_corrected_docs = n
   return factors

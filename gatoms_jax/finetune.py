@@ -91,9 +91,11 @@ class FinetuneResult:
 
   Attributes:
     lora: the fine-tuned LoRA tree (float32, `lora.split`'s structure).
-    history: one dict per logged step: 'step', and 'train_loss' (mean CE per
-      loss token of the step), 'lr', 'tokens' for training steps and/or
-      'heldout_loss' where the held-out set was evaluated (step 0 = before).
+    history: one dict per step: 'step', and for training steps
+      'train_loss' (mean CE per loss token of the step), 'lr', 'tokens'
+      (unpadded), 'loss_tokens', 'grad_norm' (before clipping; of the last
+      micro-batch when accumulating), plus 'heldout_loss' where the held-out
+      set was evaluated (step 0: before training).
     heldout_loss_before: held-out mean CE per loss token of the base model.
     heldout_loss_after: the same after fine-tuning.
     tokens_per_s: real (unpadded) training tokens per second in this run,
@@ -610,7 +612,7 @@ def finetune(
     'epoch, %d steps x %d micro-batches of %d, %d devices, %d LoRA params',
     len(train),
     len(heldout),
-    sum(int(b[0].shape[0]) for b in eval_batches),
+    min(len(heldout), int(ft.max_eval_docs) or len(heldout)),
     schedule.batches_per_epoch,
     steps,
     k,
@@ -691,7 +693,7 @@ def finetune(
       micro = schedule.micro_batches(step)
       n_loss = sum(float(m['weight'].sum()) for m in micro)
       scale = np.float32(k / max(n_loss, 1.0))
-      loss_sum, compiled = 0.0, False
+      loss_sum, grad_norm, compiled = 0.0, 0.0, False
       for m in micro:
         shape = (m['tokens'].shape, m['index'].shape)
         compiled |= shape not in seen_shapes
@@ -704,6 +706,7 @@ def finetune(
         }
         lora, opt_state, aux = train_step(lora, opt_state, base, batch)
         loss_sum += float(aux['loss_sum'])
+        grad_norm = float(aux['grad_norm'])
       dt = time.perf_counter() - t0
       tokens = sum(m['n_real_tokens'] for m in micro)
       n_tokens += tokens
@@ -717,6 +720,7 @@ def finetune(
         'lr': float(lr_fn(step)),
         'tokens': tokens,
         'loss_tokens': int(n_loss),
+        'grad_norm': grad_norm,
       }
       done = step + 1
       if done == steps or (every_eval > 0 and done % every_eval == 0):

@@ -140,13 +140,19 @@ def doc_loss(
 class Slab(NamedTuple):
   """R rows of T positions holding whole documents (host numpy arrays).
 
+  The loss positions are gathered per group of rows: G groups of R / G
+  consecutive rows (G = R for vmap, which differentiates rows one by one; G =
+  the number of devices for taps, so the gather stays on each device), M
+  slots per group, so the LM head runs on loss positions only.
+
   Attributes:
     tokens: int32[R, T] input tokens, 0 on padding.
     positions: int32[R, T] position of each token inside its document.
     segments: int32[R, T] 0 on padding, j + 1 for the row's j-th document.
-    index: int32[R, m] row positions whose logits are scored.
-    targets: int32[R, m] the tokens they predict.
-    weight: float32[R, m] 1 for real loss positions, 0 for padding.
+    index: int32[G, M] positions, in the group's flattened (R / G · T)
+      tokens, whose logits are scored.
+    targets: int32[G, M] the tokens they predict.
+    weight: float32[G, M] 1 for real loss positions, 0 for padding.
     doc_index: int32[R, k] document of each (row, slot); -1 if empty.
   """
 
@@ -160,9 +166,8 @@ class Slab(NamedTuple):
 
   @property
   def shape(self) -> tuple[int, ...]:
-    """(R, T, m, k): slabs of one shape share a compiled function."""
-    r, t = self.tokens.shape
-    return (r, t, self.index.shape[1], self.doc_index.shape[1])
+    """(R, T, G, M, k): slabs of one shape share a compiled function."""
+    return self.tokens.shape + self.index.shape + self.doc_index.shape[-1:]
 
   @property
   def n_docs(self) -> int:
@@ -200,37 +205,40 @@ def _prepare(tokens: np.ndarray, loss_mask: np.ndarray) -> Optional[_Doc]:
   )
 
 
-def _first_fit_decreasing(
-  docs: Sequence[_Doc], width: int, loss_cap: int, max_docs: int
-) -> list[list[int]]:
-  """Packs documents into rows of `width` tokens and `loss_cap` loss positions.
+def _best_fit_decreasing(
+  docs: Sequence[_Doc], widths: Sequence[int], max_docs: int
+) -> list[tuple[int, list[int]]]:
+  """Packs documents into rows; returns (width class, document list) per row.
 
-  First fit over the rows still open, longest documents first; a row that
-  cannot take the shortest document is closed, so the scan stays short.
+  Longest documents first; each goes into the open row with the least room
+  that still fits it, else opens a row of the narrowest width class that
+  holds it. Rows that cannot take even the shortest document are closed, so
+  the scan stays short.
   """
   order = sorted(range(len(docs)), key=lambda i: -docs[i].n_in)
   min_len = min(d.n_in for d in docs)
-  rows: list[list[int]] = []
-  free: list[list[int]] = []  # [tokens left, loss slots left, docs left]
+  rows: list[tuple[int, list[int]]] = []
+  room: list[int] = []
   open_rows: list[int] = []
   for i in order:
-    d = docs[i]
-    placed = False
+    n = docs[i].n_in
+    best = None
     for pos, r in enumerate(open_rows):
-      f = free[r]
-      if d.n_in <= f[0] and d.n_loss <= f[1] and f[2] > 0:
-        rows[r].append(i)
-        f[0] -= d.n_in
-        f[1] -= d.n_loss
-        f[2] -= 1
-        if f[0] < min_len or f[1] == 0 or f[2] == 0:
-          open_rows.pop(pos)
-        placed = True
-        break
-    if not placed:
-      rows.append([i])
-      free.append([width - d.n_in, loss_cap - d.n_loss, max_docs - 1])
+      if n <= room[r] and (best is None or room[r] < room[open_rows[best]]):
+        best = pos
+    if best is None:
+      c = next(c for c, w in enumerate(widths) if w >= n)
+      rows.append((c, [i]))
+      room.append(widths[c] - n)
       open_rows.append(len(rows) - 1)
+      best = len(open_rows) - 1
+    else:
+      r = open_rows[best]
+      rows[r][1].append(i)
+      room[r] -= n
+    r = open_rows[best]
+    if room[r] < min_len or len(rows[r][1]) >= max_docs:
+      open_rows.pop(best)
   return rows
 
 
@@ -238,64 +246,86 @@ def _fill_slab(
   docs: Sequence[_Doc],
   doc_ids: Sequence[int],
   rows: Sequence[Sequence[int]],
-  n_rows: int,
-  width: int,
-  loss_width: int,
-  slots: int,
+  shape: tuple[int, int, int, int, int],
 ) -> Slab:
   """Lays out rows of documents (indices into `docs`) as one Slab."""
+  n_rows, width, groups, loss_width, slots = shape
+  per_group = n_rows // groups
   tokens = np.zeros((n_rows, width), np.int32)
   positions = np.zeros((n_rows, width), np.int32)
   segments = np.zeros((n_rows, width), np.int32)
-  index = np.zeros((n_rows, loss_width), np.int32)
-  targets = np.zeros((n_rows, loss_width), np.int32)
-  weight = np.zeros((n_rows, loss_width), np.float32)
+  index = np.zeros((groups, loss_width), np.int32)
+  targets = np.zeros((groups, loss_width), np.int32)
+  weight = np.zeros((groups, loss_width), np.float32)
   doc_index = np.full((n_rows, slots), -1, np.int32)
+  filled = np.zeros((groups,), np.int64)
   for r, row in enumerate(rows):
-    start = loss_at = 0
+    g, start = r // per_group, 0
+    offset = (r % per_group) * width  # of the row in its group's tokens
     for j, i in enumerate(row):
       d = docs[i]
       end = start + d.n_in
       tokens[r, start:end] = d.inputs
       positions[r, start:end] = np.arange(d.n_in)
       segments[r, start:end] = j + 1
-      stop = loss_at + d.n_loss
-      index[r, loss_at:stop] = start + d.loss_pos
-      targets[r, loss_at:stop] = d.targets
-      weight[r, loss_at:stop] = 1.0
+      at = slice(filled[g], filled[g] + d.n_loss)
+      index[g, at] = offset + start + d.loss_pos
+      targets[g, at] = d.targets
+      weight[g, at] = 1.0
+      filled[g] += d.n_loss
       doc_index[r, j] = doc_ids[i]
-      start, loss_at = end, stop
+      start = end
   return Slab(tokens, positions, segments, index, targets, weight, doc_index)
+
+
+def _loss_width(
+  docs: Sequence[_Doc], rows: Sequence[Sequence[int]], per_group: int
+) -> int:
+  """Most loss positions of any group of `per_group` consecutive rows."""
+  counts = [sum(docs[i].n_loss for i in row) for row in rows]
+  return max(
+    sum(counts[g : g + per_group]) for g in range(0, len(counts), per_group)
+  )
 
 
 def plan_slabs(
   docs: Sequence[_Doc],
   doc_ids: Sequence[int],
   *,
-  pack: bool,
   tokens_per_slab: int,
   bucket_multiple: int = 16,
   row_multiple: int = 1,
-  batch_size: Optional[int] = None,
+  max_rows: Optional[int] = None,
+  group_rows: bool = True,
+  pack: bool = False,
+  pack_width: int = 0,
   max_docs_per_row: int = 8,
-  loss_slack: float = 1.25,
 ) -> list[Slab]:
-  """Lays documents out in slabs.
+  """Lays documents out in slabs of few distinct shapes.
+
+  Every document gets a width class T = its length rounded up to
+  `bucket_multiple` (without packing: one document per row, padded to T).
+  The rows of a class are cut into slabs of R ≈ tokens_per_slab / T rows,
+  balanced so the last slab is not mostly padding; all slabs of a class share
+  one shape (hence one compilation), with the loss width M set by the class's
+  fullest row group.
 
   Args:
     docs: prepared documents (`_prepare`), all with at least one loss token.
     doc_ids: the id (index into the caller's list) of each document.
-    pack: several documents per row, all slabs of ONE shape (R, T, m, k);
-      otherwise one document per row, rows sorted by length and cut into
-      slabs of `batch_size` rows padded to a multiple of `bucket_multiple`.
-    tokens_per_slab: R·T target when packing (and for the default batch_size).
-    bucket_multiple: widths T (and loss widths m) are multiples of this.
+    tokens_per_slab: R·T target: the size of one forward/backward.
+    bucket_multiple: widths are multiples of this (fewer width classes: fewer
+      compilations, more padding).
     row_multiple: R is a multiple of this (the number of devices).
-    batch_size: rows per slab without packing (default tokens_per_slab // T).
-    max_docs_per_row: packing cap on documents per row (k; the cost of the
-      per-document sums grows with it).
-    loss_slack: packing: the per-row loss cap m is this times the average
-      loss positions per row (LM-head work on unused slots is wasted).
+    max_rows: optional cap on R.
+    group_rows: gather loss positions per group of rows (G = row_multiple)
+      rather than per row (G = R, what vmap needs).
+    pack: several documents per row (best fit, longest first, into rows of
+      a width class); attention then runs densely over the whole row.
+    pack_width: packing: minimum row width (0: the longest document's width
+      class), so short documents can share rows.
+    max_docs_per_row: packing cap on documents per row (k; the per-document
+      sums cost ∝ k).
 
   Returns:
     The slabs; every document appears in exactly one slot.
@@ -303,44 +333,43 @@ def plan_slabs(
   if not docs:
     return []
   n_in = np.array([d.n_in for d in docs])
-  n_loss = np.array([d.n_loss for d in docs])
-  width = _round_up(n_in.max(), bucket_multiple)
+  widths = sorted({_round_up(n, bucket_multiple) for n in n_in.tolist()})
   if pack:
-    frac = n_loss.sum() / n_in.sum()
-    loss_cap = _round_up(max(n_loss.max(), loss_slack * frac * width), 8)
-    loss_cap = min(loss_cap, width)
-    rows = _first_fit_decreasing(docs, width, loss_cap, max_docs_per_row)
-    slots = max(len(r) for r in rows)
-    target = max(1, tokens_per_slab // width)
-    n_slabs = -(-len(rows) // target)
-    per_slab = _round_up(-(-len(rows) // n_slabs), row_multiple)
-    return [
-      _fill_slab(
-        docs,
-        doc_ids,
-        rows[s : s + per_slab],
-        per_slab,
-        width,
-        loss_cap,
-        slots,
-      )
-      for s in range(0, len(rows), per_slab)
-    ]
-  per_slab = batch_size or max(1, tokens_per_slab // width)
-  per_slab = _round_up(per_slab, row_multiple)
-  order = np.argsort(n_in, kind='stable')
+    floor = _round_up(max(pack_width, 1), bucket_multiple)
+    widths = sorted({max(w, floor) for w in widths})
+    rows = _best_fit_decreasing(docs, widths, max_docs_per_row)
+  else:
+    order = np.argsort(n_in, kind='stable')
+    rows = [(widths.index(_round_up(n_in[i], bucket_multiple)), [int(i)])
+            for i in order]  # fmt: skip
   slabs = []
-  for s in range(0, len(order), per_slab):
-    group = [int(i) for i in order[s : s + per_slab]]
-    w = _round_up(n_in[group].max(), bucket_multiple)
-    m = min(_round_up(n_loss[group].max(), bucket_multiple), w)
-    rows = [[i] for i in group]
-    slabs.append(_fill_slab(docs, doc_ids, rows, per_slab, w, m, 1))
+  for c, width in enumerate(widths):
+    group = [r for cc, r in rows if cc == c]
+    if not group:
+      continue
+    target = max(1, tokens_per_slab // width)
+    if max_rows:
+      target = min(target, max_rows)
+    n_slabs = -(-len(group) // target)
+    per_slab = _round_up(-(-len(group) // n_slabs), row_multiple)
+    groups = row_multiple if group_rows else per_slab
+    parts = [group[s : s + per_slab] for s in range(0, len(group), per_slab)]
+    loss_width = max(_loss_width(docs, p, per_slab // groups) for p in parts)
+    shape = (
+      per_slab,
+      width,
+      groups,
+      _round_up(loss_width, 8),
+      max(len(r) for r in group),
+    )
+    slabs += [_fill_slab(docs, doc_ids, p, shape) for p in parts]
   return slabs
 
 
 def _empty_like(slab: Slab) -> Slab:
-  return Slab(*[np.zeros_like(x) for x in slab[:-1]], np.full_like(slab[-1], -1))
+  return Slab(
+    *[np.zeros_like(x) for x in slab[:-1]], np.full_like(slab[-1], -1)
+  )
 
 
 def group_calls(slabs: Sequence[Slab], slabs_per_call: int) -> list[Slab]:
@@ -388,8 +417,10 @@ def _slab_taps(lora, mdef, base, slab: Slab, packed: bool) -> Array:
       taps=taps,
       segment_ids=segments if packed else None,
     )
-    gathered = jnp.take_along_axis(hidden, index[..., None], axis=1)
-    logits = model.logits(gathered)  # R m v, fp32
+    groups = index.shape[0]
+    flat = hidden.reshape(groups, -1, hidden.shape[-1])  # G (R/G·T) d
+    gathered = jnp.take_along_axis(flat, index[..., None], axis=1)
+    logits = model.logits(gathered)  # G M v, fp32
     return jnp.sum(token_nll(logits, targets) * weight), taps.record
 
   out_grads, record = jax.grad(loss_fn, has_aux=True)(probes)
@@ -421,15 +452,15 @@ def _slab_taps(lora, mdef, base, slab: Slab, packed: bool) -> Array:
     side = which[-1]  # lora_a -> 'a'
     inp = record[module][f'{side}_in']
     leaves.append(per_doc(inp, out_grads[module][side]))
-  tree = jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(lora), leaves)
+  tree = jax.tree_util.tree_unflatten(
+    jax.tree_util.tree_structure(lora), leaves
+  )
   return lora_lib.flatten(tree)  # R k d
 
 
 def _slab_vmap(lora, mdef, base, slab: Slab) -> Array:
   """Per-document rows (R, 1, d) of one unpacked slab, by vmap(grad)."""
-  grad_fn = jax.vmap(
-    jax.grad(doc_loss), in_axes=(None, None, None, 0, 0, 0, 0)
-  )
+  grad_fn = jax.vmap(jax.grad(doc_loss), in_axes=(None, None, None, 0, 0, 0, 0))
   grads = grad_fn(
     lora, mdef, base, slab.tokens, slab.index, slab.targets, slab.weight
   )
@@ -452,9 +483,7 @@ def _call_fn(lora, mdef, base, call: Slab, method: str, packed: bool) -> Array:
     )
 
   if call.tokens.shape[0] == 1:  # no loop: one slab per call
-    return one(lora, mdef, base, jax.tree.map(lambda x: x[0], call), **kw)[
-      None
-    ]
+    return one(lora, mdef, base, jax.tree.map(lambda x: x[0], call), **kw)[None]
   return jax.lax.map(body, call)
 
 
@@ -472,12 +501,15 @@ class GradientExtractor:
     compute_dtype: 'float32' (default) or 'bfloat16' (accelerators; rows are
       still accumulated and returned in float32).
     method: 'taps' (default, see the module docstring) or 'vmap'.
-    pack: pack several documents per row (taps only; default: taps).
     tokens_per_slab: R·T per slab: the size of one forward/backward.
-    slabs_per_call: slabs per jitted call (they reuse one set of temporaries).
+    slabs_per_call: same-shape slabs per jitted call (they reuse one set of
+      temporaries, which XLA:CPU allocates, and the kernel faults in, per
+      call).
     bucket_multiple: widths are padded to a multiple of this.
-    batch_size: rows per slab without packing (default tokens_per_slab // T).
+    batch_size: optional cap on rows (documents, unpacked) per slab.
+    pack: several documents per row (taps only; see `plan_slabs`).
     max_docs_per_row: packing cap on documents per row.
+    pack_width: packing: minimum row width.
   """
 
   def __init__(
@@ -489,17 +521,16 @@ class GradientExtractor:
     mesh: Optional[jax.sharding.Mesh] = None,
     compute_dtype: str = 'float32',
     method: str = 'taps',
-    pack: Optional[bool] = None,
     tokens_per_slab: int = 1024,
     slabs_per_call: int = 4,
     bucket_multiple: int = 16,
     batch_size: Optional[int] = None,
+    pack: bool = False,
     max_docs_per_row: int = 8,
+    pack_width: int = 0,
   ):
     if method not in METHODS:
       raise ValueError(f'method must be one of {METHODS}, got {method!r}')
-    if pack is None:
-      pack = method == 'taps'
     if pack and method != 'taps':
       raise ValueError('packing needs method="taps" (vmap differentiates rows)')
     self.mdef = mdef
@@ -510,6 +541,7 @@ class GradientExtractor:
     self.bucket_multiple = bucket_multiple
     self.batch_size = batch_size
     self.max_docs_per_row = max_docs_per_row
+    self.pack_width = pack_width
     self.mesh = mesh or sharding.make_mesh()
     self.n_devices = sharding.axis_size(self.mesh, sharding.DATA_AXIS)
     self.compute_dtype = jnp.dtype(compute_dtype)
@@ -525,7 +557,7 @@ class GradientExtractor:
     self._fn = jax.jit(
       functools.partial(_call_fn, method=method, packed=pack),
       static_argnums=(1,),
-      in_shardings=(rep, rep, Slab(*[rows(2)] * 6, rows(3))),
+      in_shardings=(rep, rep, Slab(*[rows(3)] * 7)),
       out_shardings=rows(4),
     )
     self._shapes_seen: set = set()
@@ -550,11 +582,13 @@ class GradientExtractor:
     slabs = plan_slabs(
       prepared,
       ids,
-      pack=self.pack,
       tokens_per_slab=self.tokens_per_slab,
       bucket_multiple=self.bucket_multiple,
       row_multiple=self.n_devices,
-      batch_size=self.batch_size,
+      max_rows=self.batch_size,
+      group_rows=self.method == 'taps',
+      pack=self.pack,
+      pack_width=self.pack_width,
       max_docs_per_row=self.max_docs_per_row,
     )
     return group_calls(slabs, self.slabs_per_call), skipped
@@ -588,7 +622,9 @@ class GradientExtractor:
 
     Rows of documents without any loss token (e.g. padding rows) are zero.
     """
-    docs = [_Row(t, m) for t, m in zip(np.asarray(tokens), np.asarray(loss_mask))]
+    docs = [
+      _Row(t, m) for t, m in zip(np.asarray(tokens), np.asarray(loss_mask))
+    ]
     return self.gradients(docs)
 
   @property

@@ -12,7 +12,8 @@ objective is ½‖X − A D‖²_F + α‖A‖₁, see `objective`).
 The coder only needs G = D Dᵀ (K×K) and C = X Dᵀ (N×K): the gradient of the
 smooth part for row a is a G − c, so one iteration costs N·K² instead of N·K·d
 (Beck & Teboulle 2009, FISTA, with step 1/L, L = λ_max(G) by power iteration;
-optional gradient-based adaptive restart of O'Donoghue & Candès 2015, per row).
+optional gradient-based adaptive restart of O'Donoghue & Candès 2015, per row,
+which helps when coding to convergence).
 Rows are independent problems, so they can be sharded over the mesh axis
 "data"; only the stopping test (max relative change of the codes) is global,
 which keeps a sharded run identical to an unsharded one.

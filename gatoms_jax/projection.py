@@ -82,7 +82,9 @@ class ProjectionSpec:
       tensors[f'{path}/QA'] = np.ascontiguousarray(self.q_a[path], np.float32)
       tensors[f'{path}/QS'] = np.ascontiguousarray(self.q_s[path], np.float32)
       tensors[f'{path}/index'] = np.asarray(self.index[path], np.int64)
-      tensors[f'{path}/eigenvalues'] = np.asarray(self.eigenvalues[path], np.float64)
+      tensors[f'{path}/eigenvalues'] = np.asarray(
+        self.eigenvalues[path], np.float64
+      )
     tmp = os.path.join(directory, '.projection.safetensors.tmp')
     save_file(tensors, tmp)
     os.replace(tmp, os.path.join(directory, 'projection.safetensors'))
@@ -145,13 +147,21 @@ def make_spec(
     if value not in SELECTIONS:
       raise ValueError(f'{name} must be one of {SELECTIONS}, got {value!r}')
     if value == 'ekfac' and not factors.corrected:
-      raise ValueError(f'{name}=ekfac needs corrected eigenvalues (run the correction)')
+      raise ValueError(
+        f'{name}=ekfac needs corrected eigenvalues (run the correction)'
+      )
   leaves, index, eig = [], {}, {}
   for leaf in layout:
-    path, shape = (leaf.path, tuple(leaf.shape)) if hasattr(leaf, 'path') else leaf
+    path, shape = (
+      (leaf.path, tuple(leaf.shape)) if hasattr(leaf, 'path') else leaf
+    )
     kfac = factors.kfac_eigenvalues(path).reshape(-1)
-    ranking = kfac if select_by == 'kfac' else factors.corrected[path].reshape(-1)
-    scaling = kfac if scale_by == 'kfac' else factors.corrected[path].reshape(-1)
+    ranking = (
+      kfac if select_by == 'kfac' else factors.corrected[path].reshape(-1)
+    )
+    scaling = (
+      kfac if scale_by == 'kfac' else factors.corrected[path].reshape(-1)
+    )
     k = ranking.size if top_k <= 0 else min(top_k, ranking.size)
     # Stable descending order: ties keep the lower flat index first.
     order = np.argsort(-ranking, kind='stable')[:k]
@@ -183,7 +193,9 @@ def _project_rows(rows, leaves, q_a, q_s, index, scales):
     g = rows[:, offset : offset + i * o].reshape(-1, i, o)
     offset += i * o
     rotated = jnp.einsum('ip,nio,oq->npq', q_a[path], g, q_s[path])
-    out.append(rotated.reshape(rows.shape[0], -1)[:, index[path]] * scales[path])
+    out.append(
+      rotated.reshape(rows.shape[0], -1)[:, index[path]] * scales[path]
+    )
   return jnp.concatenate(out, axis=1)
 
 
@@ -220,7 +232,9 @@ def project_chunks(
   """Projects every chunk; returns (ids, G n × k_total float32)."""
   projector = Projector(spec, mesh)
   ids, blocks = [], []
-  for chunk_ids, rows in tqdm(chunks, total=n_chunks, desc='project', disable=not progress):
+  for chunk_ids, rows in tqdm(
+    chunks, total=n_chunks, desc='project', disable=not progress
+  ):
     ids.extend(chunk_ids)
     blocks.append(projector(rows))
   if not blocks:
@@ -262,7 +276,9 @@ def unproject(
   return out
 
 
-def unproject_row(spec: ProjectionSpec, vector: np.ndarray, mode='paper') -> np.ndarray:
+def unproject_row(
+  spec: ProjectionSpec, vector: np.ndarray, mode='paper'
+) -> np.ndarray:
   """`unproject` flattened to a d-dim row in the gradient-row layout."""
   mats = unproject(spec, vector, mode)
   return np.concatenate([mats[p].reshape(-1) for p, _ in spec.leaves])

@@ -68,7 +68,9 @@ def steering_plot(sweeps: dict, path: str) -> None:
   names = list(sweeps)
   if not names:
     return
-  fig, axes = plt.subplots(1, len(names), figsize=(3.2 * len(names), 3.4), squeeze=False)
+  fig, axes = plt.subplots(
+    1, len(names), figsize=(3.2 * len(names), 3.4), squeeze=False
+  )
   for ax, name in zip(axes[0], names):
     res = sweeps[name]
     for direction, rec in res['directions'].items():
@@ -108,8 +110,12 @@ def write_report(ctx: Any) -> dict:
 
   run_dir = ctx.run_dir
   char_dir = ctx.stage_dir('characterize')
-  atoms = (_read(os.path.join(char_dir, 'atoms.json'), {}) or {}).get('atoms', [])
-  kmeans = (_read(os.path.join(char_dir, 'kmeans.json'), {}) or {}).get('atoms', [])
+  atoms = (_read(os.path.join(char_dir, 'atoms.json'), {}) or {}).get(
+    'atoms', []
+  )
+  kmeans = (_read(os.path.join(char_dir, 'kmeans.json'), {}) or {}).get(
+    'atoms', []
+  )
   char = _read(os.path.join(char_dir, 'summary.json'), {}) or {}
   sweeps = _read(os.path.join(ctx.stage_dir('steer'), 'sweeps.json'), {}) or {}
   stage_seconds = {}
@@ -125,7 +131,9 @@ def write_report(ctx: Any) -> dict:
   steering_plot(sweeps, os.path.join(run_dir, 'steering.png'))
 
   steering = {
-    name: {k: res['summary'][k] for k in ('baseline', 'best_toward', 'best_away')}
+    name: {
+      k: res['summary'][k] for k in ('baseline', 'best_toward', 'best_away')
+    }
     for name, res in sweeps.items()
   }
   summary = {
@@ -137,7 +145,9 @@ def write_report(ctx: Any) -> dict:
     'n_label_values': char.get('n_label_values'),
     'n_label_values_recovered': char.get('n_label_values_recovered'),
     'recovered_labels': char.get('recovered'),
-    'kmeans_n_label_values_recovered': char.get('kmeans_n_label_values_recovered'),
+    'kmeans_n_label_values_recovered': char.get(
+      'kmeans_n_label_values_recovered'
+    ),
     'kmeans_recovered_labels': char.get('kmeans_recovered'),
     'n_coherence_above_0_5': char.get('n_coherence_above_0_5'),
     'n_coherence_above_0_1': char.get('n_coherence_above_0_1'),
@@ -146,7 +156,10 @@ def write_report(ctx: Any) -> dict:
     'steering': steering,
     'steering_verdicts': {
       name: {
-        atom: {k: v.get(k) for k in ('steers', 'alpha', 'shift_pp', 'control_shift_pp')}
+        atom: {
+          k: v.get(k)
+          for k in ('steers', 'alpha', 'shift_pp', 'control_shift_pp')
+        }
         for atom, v in res['summary']['verdicts'].items()
       }
       for name, res in sweeps.items()
@@ -185,7 +198,9 @@ def write_report(ctx: Any) -> dict:
   ]
   for rank, s in enumerate(atoms[: ctx.config.atoms.report_top], 1):
     label = (
-      f'{s["majority_label"]} ({s["purity"]:.2f})' if s.get('majority_label') else '–'
+      f'{s["majority_label"]} ({s["purity"]:.2f})'
+      if s.get('majority_label')
+      else '–'
     )
     lines.append(
       f'| {rank} | {s["atom"]} | {_fmt(s["coherence"])} | {s["n_active"]} | '
@@ -194,10 +209,15 @@ def write_report(ctx: Any) -> dict:
   lines += ['', '![coherence](coherence.png)', '']
   if kmeans:
     lines += ['## k-means baseline: top clusters by coherence', '']
-    lines += ['| rank | cluster | coherence | size | majority label (purity) |', '|---:|---:|---:|---:|---|']
+    lines += [
+      '| rank | cluster | coherence | size | majority label (purity) |',
+      '|---:|---:|---:|---:|---|',
+    ]
     for rank, s in enumerate(kmeans[:10], 1):
       label = (
-        f'{s["majority_label"]} ({s["purity"]:.2f})' if s.get('majority_label') else '–'
+        f'{s["majority_label"]} ({s["purity"]:.2f})'
+        if s.get('majority_label')
+        else '–'
       )
       lines.append(
         f'| {rank} | {s["atom"]} | {_fmt(s["coherence"])} | {s["n_active"]} | {label} |'
@@ -216,17 +236,27 @@ def write_report(ctx: Any) -> dict:
     ]
     for name, res in sweeps.items():
       b = res['baseline']
-      lines.append(f'| {name} | baseline | 0 | {b["rate"]:.1f} | 0 | {b["degenerate"]:.2f} |')
+      lines.append(
+        f'| {name} | baseline | 0 | {b["rate"]:.1f} | 0 | {b["degenerate"]:.2f} |'
+      )
       for direction, rec in res['directions'].items():
-        for k, v in sorted(rec['variants'].items(), key=lambda kv: float(kv[0])):
+        for k, v in sorted(
+          rec['variants'].items(), key=lambda kv: float(kv[0])
+        ):
           lines.append(
             f'| {name} | {direction} | {k} | {v["rate"]:.1f} | {v["kl"]:.3f} | '
             f'{v["degenerate"]:.2f} |'
           )
-    lines += ['', '| behaviour | baseline % | best toward % (α) | best away % (α) | steers beyond random? |', '|---|---:|---:|---:|---|']
+    lines += [
+      '',
+      '| behaviour | baseline % | best toward % (α) | best away % (α) | steers beyond random? |',
+      '|---|---:|---:|---:|---|',
+    ]
     for name, row in steering.items():
       verdicts = summary['steering_verdicts'][name]
-      steers = ', '.join(f'{a}: {"yes" if v["steers"] else "no"}' for a, v in verdicts.items())
+      steers = ', '.join(
+        f'{a}: {"yes" if v["steers"] else "no"}' for a, v in verdicts.items()
+      )
       lines.append(
         f'| {name} | {row["baseline"]["rate"]:.1f} | {row["best_toward"]["rate"]:.1f} '
         f'({_fmt(row["best_toward"]["alpha"], 1)}) | {row["best_away"]["rate"]:.1f} '
@@ -235,7 +265,18 @@ def write_report(ctx: Any) -> dict:
     lines += ['', '![steering](steering.png)', '']
   lines += ['## Stage timings (s)', '', '| stage | seconds |', '|---|---:|']
   lines += [f'| {k} | {v} |' for k, v in stage_seconds.items()]
-  lines += ['', '## Config', '', '```json', json.dumps(ctx.config.to_dict(), indent=1, default=str), '```', '']
+  lines += [
+    '',
+    '## Config',
+    '',
+    '```json',
+    json.dumps(ctx.config.to_dict(), indent=1, default=str),
+    '```',
+    '',
+  ]
   with open(os.path.join(run_dir, 'report.md'), 'w') as f:
     f.write('\n'.join(lines))
-  return {k: summary[k] for k in ('n_label_values_recovered', 'kmeans_n_label_values_recovered')}
+  return {
+    k: summary[k]
+    for k in ('n_label_values_recovered', 'kmeans_n_label_values_recovered')
+  }

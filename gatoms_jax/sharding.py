@@ -45,7 +45,9 @@ def pad_rows(x: np.ndarray | Array, multiple: int) -> tuple[np.ndarray, int]:
   return x, n
 
 
-def row_sharding(mesh: jax.sharding.Mesh, ndim: int, axis_name: str = DATA_AXIS):
+def row_sharding(
+  mesh: jax.sharding.Mesh, ndim: int, axis_name: str = DATA_AXIS
+):
   """Sharding that splits axis 0 over `axis_name` and replicates the rest."""
   return NamedSharding(mesh, jax.P(axis_name, *([None] * (ndim - 1))))
 

@@ -105,7 +105,9 @@ class AtomDirections:
 
 def add_scaled(lora: PyTree, delta: PyTree, coefficient: float) -> PyTree:
   """lora − coefficient · delta."""
-  return jax.tree.map(lambda p, d: p - coefficient * d.astype(p.dtype), lora, delta)
+  return jax.tree.map(
+    lambda p, d: p - coefficient * d.astype(p.dtype), lora, delta
+  )
 
 
 def steer(

@@ -30,7 +30,9 @@ from gatoms_jax.text import is_degenerate
 PyTree = Any
 
 
-def mean_first_token_kl(logp_base: np.ndarray, logp_variant: np.ndarray) -> float:
+def mean_first_token_kl(
+  logp_base: np.ndarray, logp_variant: np.ndarray
+) -> float:
   """Mean over prompts of KL(base ‖ variant) of the first generated token."""
   lp = np.asarray(logp_base, np.float64)
   lq = np.asarray(logp_variant, np.float64)
@@ -78,7 +80,9 @@ class SweepRunner:
   def _decode(self, ids: Sequence[int]) -> str:
     return self.tokenizer.decode(list(ids), skip_special_tokens=True)
 
-  def generate_texts(self, lora: PyTree, prompts: Sequence[list[int]]) -> list[str]:
+  def generate_texts(
+    self, lora: PyTree, prompts: Sequence[list[int]]
+  ) -> list[str]:
     out = self.gen.generate(lora, prompts, max_new_tokens=self.max_new_tokens)
     return [self._decode(o) for o in out]
 
@@ -110,7 +114,9 @@ class SweepRunner:
         break
       if kl < self.target_kl:
         lo = scale
-        scale = scale * 4.0 if hi is None else math.sqrt(lo * hi) if lo else hi / 2
+        scale = (
+          scale * 4.0 if hi is None else math.sqrt(lo * hi) if lo else hi / 2
+        )
       else:
         hi = scale
         scale = math.sqrt(lo * hi) if lo else scale / 4.0
@@ -150,10 +156,16 @@ class SweepRunner:
       logp = self.gen.next_token_logprobs(lora, control_prompts)
       record = {
         'rate': 100.0 * fired.mean(),
-        'rate_invites': 100.0 * fired[invites].mean() if invites.any() else None,
-        'rate_controls': 100.0 * fired[~invites].mean() if (~invites).any() else None,
+        'rate_invites': 100.0 * fired[invites].mean()
+        if invites.any()
+        else None,
+        'rate_controls': 100.0 * fired[~invites].mean()
+        if (~invites).any()
+        else None,
         'kl': mean_first_token_kl(base_logp, logp),
-        'degenerate': float(np.mean([is_degenerate(o, **self.degenerate_rule) for o in outs])),
+        'degenerate': float(
+          np.mean([is_degenerate(o, **self.degenerate_rule) for o in outs])
+        ),
         'examples': [
           {'prompt': texts[i], 'output': outs[i][:400]}
           for i in _example_indices(invites)
@@ -161,7 +173,9 @@ class SweepRunner:
         'seconds': time.perf_counter() - start,
       }
       if progress:
-        progress(f'{prompt_set.behavior} {label}: rate {record["rate"]:.1f}% kl {record["kl"]:.3f}')
+        progress(
+          f'{prompt_set.behavior} {label}: rate {record["rate"]:.1f}% kl {record["kl"]:.3f}'
+        )
       return record
 
     result = {
@@ -174,12 +188,16 @@ class SweepRunner:
     }
     for name, delta in directions.items():
       scale, cal_kl = self.calibrate(delta, control_prompts, base_logp)
-      logging.info('%s: %s scale %.4g (KL %.4f)', prompt_set.behavior, name, scale, cal_kl)
+      logging.info(
+        '%s: %s scale %.4g (KL %.4f)', prompt_set.behavior, name, scale, cal_kl
+      )
       variants = {}
       for alpha in alphas:
         for sign, label in ((1.0, 'toward'), (-1.0, 'away')):
           c = sign * alpha * scale
-          rec = evaluate(steer.add_scaled(self.lora, delta, c), f'{name} {label} α={alpha}')
+          rec = evaluate(
+            steer.add_scaled(self.lora, delta, c), f'{name} {label} α={alpha}'
+          )
           rec.update(alpha=float(alpha), sign=label, coefficient=float(c))
           variants[f'{sign * alpha:+g}'] = rec
       result['directions'][name] = {
@@ -218,7 +236,11 @@ def summarize_sweep(
 
   def sweep_of(name):
     return {
-      float(k): {'rate': v['rate'], 'kl': v['kl'], 'degenerate': v['degenerate']}
+      float(k): {
+        'rate': v['rate'],
+        'kl': v['kl'],
+        'degenerate': v['degenerate'],
+      }
       for k, v in result['directions'][name]['variants'].items()
     }
 

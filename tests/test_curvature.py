@@ -455,13 +455,21 @@ class ShardingTest(parameterized.TestCase):
       for k in range(count):
         name = f'layers.{k}.q_proj.lora_a/{size}'
         matrices[name], true_vals[name] = _spd(rng, size)
+    # A bitwise duplicate (as q/v lora_a A factors of one layer are) is
+    # solved once and must get the same, separately owned, result.
+    matrices['dup'] = matrices['layers.0.q_proj.lora_a/24'].copy()
+    true_vals['dup'] = true_vals['layers.0.q_proj.lora_a/24']
     mesh = sharding.make_mesh(sharding.MODULE_AXIS)
     self.assertEqual(mesh.shape[sharding.MODULE_AXIS], 4)
     solved = curvature.batched_eigh(matrices, mesh)
+    twin = solved['layers.0.q_proj.lora_a/24']
+    np.testing.assert_array_equal(solved['dup'][0], twin[0])
+    np.testing.assert_array_equal(solved['dup'][1], twin[1])
+    self.assertIsNot(solved['dup'][1], twin[1])
     single = curvature.batched_eigh(
       matrices, _one_device_mesh(sharding.MODULE_AXIS)
     )
-    self.assertEqual(set(solved), set(matrices))
+    self.assertEqual(list(solved), list(matrices))
     for name, m in matrices.items():
       ref_vals, ref_vecs = np.linalg.eigh(m)
       vals, vecs = solved[name]

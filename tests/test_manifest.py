@@ -26,7 +26,11 @@ class StageKeyTest(parameterized.TestCase):
   @parameterized.named_parameters(
     ('model_path', dict(model__path='/x.gguf'), ALL),
     ('lora_rank', dict(lora__rank=4), ALL),
-    ('ekfac_fisher', dict(ekfac__fisher='empirical'), ALL - {'finetune', 'extract'}),
+    (
+      'ekfac_fisher',
+      dict(ekfac__fisher='empirical'),
+      ALL - {'finetune', 'extract'},
+    ),
     (
       'projection_k',
       dict(projection__top_k=10),
@@ -38,7 +42,11 @@ class StageKeyTest(parameterized.TestCase):
       {'dictionary', 'characterize', 'steer', 'report'},
     ),
     ('atoms_top_n', dict(atoms__top_n=10), {'characterize', 'steer', 'report'}),
-    ('label_field', dict(data__label_field='category'), {'characterize', 'steer', 'report'}),
+    (
+      'label_field',
+      dict(data__label_field='category'),
+      {'characterize', 'steer', 'report'},
+    ),
     ('steering_alphas', dict(steering__alphas=(1.0,)), {'steer', 'report'}),
     ('grads_batch_size', dict(grads__batch_size=3), set()),
     ('grads_chunk_size', dict(grads__chunk_size=7), set()),

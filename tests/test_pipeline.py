@@ -131,13 +131,22 @@ class PipelineTest(absltest.TestCase):
       '--config.run_name=tiny',
       f'--config.model.tokenizer={self.tok}',
       '--stages=finetune,curvature,extract',
-    ] + [f'--config.{k}={",".join(map(str, v)) if isinstance(v, tuple) else v}' for k, v in TINY.items()]
+    ] + [
+      f'--config.{k}={",".join(map(str, v)) if isinstance(v, tuple) else v}'
+      for k, v in TINY.items()
+    ]
     # One row per chunk, so a kill lands between committed chunks.
     args = [a for a in args if not a.startswith('--config.grads.chunk_size')]
     args.append('--config.grads.chunk_size=1')
     env = dict(os.environ, PYTHONPATH=_ROOT)
     store = os.path.join(results, 'tiny', 'extract', 'store')
-    proc = subprocess.Popen(args, cwd=_ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+      args,
+      cwd=_ROOT,
+      env=env,
+      stdout=subprocess.DEVNULL,
+      stderr=subprocess.PIPE,
+    )
     deadline = time.time() + 600
     while time.time() < deadline and proc.poll() is None:
       chunks = os.listdir(store) if os.path.isdir(store) else []
@@ -150,7 +159,9 @@ class PipelineTest(absltest.TestCase):
     run_dir = os.path.join(results, 'tiny')
     before = _finished(run_dir)
     self.assertEqual(set(before), {'finetune', 'curvature'})
-    result = subprocess.run(args, cwd=_ROOT, env=env, capture_output=True, text=True)
+    result = subprocess.run(
+      args, cwd=_ROOT, env=env, capture_output=True, text=True
+    )
     self.assertEqual(result.returncode, 0, result.stderr[-3000:])
     after = _finished(run_dir)
     self.assertEqual(after['finetune'], before['finetune'])

@@ -57,11 +57,16 @@ class SteerTest(absltest.TestCase):
     dirs = steer.AtomDirections(self.spec, D, self.lora)
     out = steer.steer(self.lora, {0: 0.5, 2: -1.5}, dirs)
     expected = jax.tree.map(
-      lambda p, a, b: p - 0.5 * a + 1.5 * b, self.lora, dirs.delta(0), dirs.delta(2)
+      lambda p, a, b: p - 0.5 * a + 1.5 * b,
+      self.lora,
+      dirs.delta(0),
+      dirs.delta(2),
     )
     # Same float ops in a different order: fp32 rounding only.
     jax.tree.map(
-      lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-6, atol=1e-7), out, expected
+      lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-6, atol=1e-7),
+      out,
+      expected,
     )
 
   def test_deltas_are_unit_norm_and_unproject_the_atom(self):
@@ -85,13 +90,18 @@ class SteerTest(absltest.TestCase):
     dirs = steer.AtomDirections(self.spec, D, self.lora, codes=codes)
     plain = steer.AtomDirections(self.spec, D, self.lora)
     jax.tree.map(
-      lambda a, b: np.testing.assert_allclose(a, -b, rtol=1e-6), dirs.delta(0), plain.delta(0)
+      lambda a, b: np.testing.assert_allclose(a, -b, rtol=1e-6),
+      dirs.delta(0),
+      plain.delta(0),
     )
 
   def test_random_direction_is_deterministic_and_unit(self):
     D = np.zeros((1, self.spec.k_total))
     dirs = steer.AtomDirections(self.spec, D, self.lora)
-    a, b = dirs.random(7), steer.AtomDirections(self.spec, D, self.lora).random(7)
+    a, b = (
+      dirs.random(7),
+      steer.AtomDirections(self.spec, D, self.lora).random(7),
+    )
     jax.tree.map(np.testing.assert_array_equal, a, b)
     self.assertAlmostEqual(steer.tree_norm(a), 1.0, places=5)
 
@@ -105,12 +115,18 @@ class SteerTest(absltest.TestCase):
     tokens = np.array([prompt + [target]], np.int32)
     mask = np.zeros_like(tokens, np.float32)
     mask[0, -1] = 1.0
-    row = grads.GradientExtractor(self.mdef, self.base, self.lora)(tokens, mask)[0]
+    row = grads.GradientExtractor(self.mdef, self.base, self.lora)(
+      tokens, mask
+    )[0]
     norm = float(np.linalg.norm(row))
     planted = lora_lib.unflatten(jnp.asarray(row / norm), self.lora)
     c = 0.05 / norm  # predicted change: 0.05 nats
-    toward = gen.next_token_logprobs(steer.add_scaled(self.lora, planted, c), [prompt])[0]
-    away = gen.next_token_logprobs(steer.add_scaled(self.lora, planted, -c), [prompt])[0]
+    toward = gen.next_token_logprobs(
+      steer.add_scaled(self.lora, planted, c), [prompt]
+    )[0]
+    away = gen.next_token_logprobs(
+      steer.add_scaled(self.lora, planted, -c), [prompt]
+    )[0]
     # First-order prediction; the second-order term at 0.05 nats is far below
     # 20% of it for this smooth tiny model (measured ~1%).
     np.testing.assert_allclose(toward[target] - logp[target], 0.05, rtol=0.2)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import os
 import re
-from typing import Any, Callable, Iterator, Optional
+from typing import Any, Iterator, Optional
 
 import jax
 import jax.numpy as jnp
@@ -55,7 +55,11 @@ _KEY_TABLE = [
     r'layers.\1.self_attn.\2_proj.bias',
     _I,
   ),
-  (r'layers\.(\d+)\.self_attn\.([qk])_norm\.weight', r'layers.\1.self_attn.\2_norm.weight', _I),
+  (
+    r'layers\.(\d+)\.self_attn\.([qk])_norm\.weight',
+    r'layers.\1.self_attn.\2_norm.weight',
+    _I,
+  ),
   (
     r'layers\.(\d+)\.mlp\.(gate|up|down)_proj\.weight',
     r'layers.\1.mlp.\2_proj.kernel',
@@ -113,14 +117,17 @@ def config_from_hf(hf: Any) -> ModelConfig:
       scaling = RopeScaling(kind='linear', factor=rope['factor'])
     elif rope.get('rope_type', 'default') != 'default':
       raise ModelLoadError(f'Unsupported rope_type {rope["rope_type"]!r}')
-    head_dim = getattr(hf, 'head_dim', None) or hf.hidden_size // hf.num_attention_heads
+    head_dim = (
+      getattr(hf, 'head_dim', None) or hf.hidden_size // hf.num_attention_heads
+    )
     return config_lib.llama_config(
       vocab_size=hf.vocab_size,
       hidden_size=hf.hidden_size,
       intermediate_size=hf.intermediate_size,
       num_layers=hf.num_hidden_layers,
       num_heads=hf.num_attention_heads,
-      num_kv_heads=getattr(hf, 'num_key_value_heads', None) or hf.num_attention_heads,
+      num_kv_heads=getattr(hf, 'num_key_value_heads', None)
+      or hf.num_attention_heads,
       head_dim=head_dim,
       rms_norm_eps=hf.rms_norm_eps,
       rope_theta=float(rope.get('rope_theta', 10000.0)),
@@ -136,7 +143,9 @@ def config_from_hf(hf: Any) -> ModelConfig:
     if full.get('rope_type', 'default') == 'linear':
       scaling = RopeScaling(kind='linear', factor=full['factor'])
     elif full.get('rope_type', 'default') != 'default':
-      raise ModelLoadError(f'Unsupported Gemma 3 rope_type {full["rope_type"]!r}')
+      raise ModelLoadError(
+        f'Unsupported Gemma 3 rope_type {full["rope_type"]!r}'
+      )
     types = tuple(
       'sliding' if t == 'sliding_attention' else 'full' for t in hf.layer_types
     )
@@ -193,7 +202,9 @@ def _iter_safetensors(directory: str) -> Iterator[tuple[str, np.ndarray]]:
     with open(index) as f:
       files = sorted(set(json.load(f)['weight_map'].values()))
   else:
-    files = sorted(f for f in os.listdir(directory) if f.endswith('.safetensors'))
+    files = sorted(
+      f for f in os.listdir(directory) if f.endswith('.safetensors')
+    )
     files = [f for f in files if not f.startswith('adapter_')]
   if not files:
     raise ModelLoadError(f'No *.safetensors weights in {directory}')
@@ -227,11 +238,17 @@ _GGUF_NAMES = [
   (r'output_norm\.weight', 'model.norm.weight'),
   (r'output\.weight', 'lm_head.weight'),
   (r'blk\.(\d+)\.attn_norm\.weight', r'model.layers.\1.input_layernorm.weight'),
-  (r'blk\.(\d+)\.ffn_norm\.weight', r'model.layers.\1.post_attention_layernorm.weight'),
+  (
+    r'blk\.(\d+)\.ffn_norm\.weight',
+    r'model.layers.\1.post_attention_layernorm.weight',
+  ),
   (r'blk\.(\d+)\.attn_q\.weight', r'model.layers.\1.self_attn.q_proj.weight'),
   (r'blk\.(\d+)\.attn_k\.weight', r'model.layers.\1.self_attn.k_proj.weight'),
   (r'blk\.(\d+)\.attn_v\.weight', r'model.layers.\1.self_attn.v_proj.weight'),
-  (r'blk\.(\d+)\.attn_output\.weight', r'model.layers.\1.self_attn.o_proj.weight'),
+  (
+    r'blk\.(\d+)\.attn_output\.weight',
+    r'model.layers.\1.self_attn.o_proj.weight',
+  ),
   (r'blk\.(\d+)\.attn_q\.bias', r'model.layers.\1.self_attn.q_proj.bias'),
   (r'blk\.(\d+)\.attn_k\.bias', r'model.layers.\1.self_attn.k_proj.bias'),
   (r'blk\.(\d+)\.attn_v\.bias', r'model.layers.\1.self_attn.v_proj.bias'),
@@ -255,7 +272,9 @@ def _unpermute_rope(w: np.ndarray, n_heads: int) -> np.ndarray:
   )
 
 
-def read_gguf(path: str) -> tuple[ModelConfig, Iterator[tuple[str, np.ndarray]]]:
+def read_gguf(
+  path: str,
+) -> tuple[ModelConfig, Iterator[tuple[str, np.ndarray]]]:
   """Reads a llama-architecture GGUF: (config, iterator of HF-named tensors)."""
   try:
     import gguf
@@ -280,7 +299,9 @@ def read_gguf(path: str) -> tuple[ModelConfig, Iterator[tuple[str, np.ndarray]]]
   names = [t.name for t in reader.tensors]
   vocab = int(
     g('vocab_size', 0)
-    or next(t.shape[-1] for t in reader.tensors if t.name == 'token_embd.weight')
+    or next(
+      t.shape[-1] for t in reader.tensors if t.name == 'token_embd.weight'
+    )
   )
   config = config_lib.llama_config(
     vocab_size=vocab,
@@ -375,7 +396,9 @@ def build_from_tensors(
     try:
       target = _get_path(pure, path)
     except (KeyError, IndexError, TypeError):
-      raise ModelLoadError(f'{source}: tensor {key} has no place in the model ({path})')
+      raise ModelLoadError(
+        f'{source}: tensor {key} has no place in the model ({path})'
+      )
     arr = jnp.asarray(value)
     if transform == _T:
       arr = arr.T
@@ -387,9 +410,7 @@ def build_from_tensors(
     _set_path(pure, path, arr.astype(dtype))
     filled.add(path)
   missing = [
-    p
-    for p, _ in _flat_paths(pure)
-    if p not in filled and '.lora_' not in p
+    p for p, _ in _flat_paths(pure) if p not in filled and '.lora_' not in p
   ]
   if missing:
     raise ModelLoadError(
@@ -406,7 +427,9 @@ def build_from_tensors(
 def _flat_paths(tree) -> list[tuple[str, Any]]:
   from gatoms_jax.models.lora import path_str
 
-  return [(path_str(p), x) for p, x in jax.tree_util.tree_flatten_with_path(tree)[0]]
+  return [
+    (path_str(p), x) for p, x in jax.tree_util.tree_flatten_with_path(tree)[0]
+  ]
 
 
 def load_hf_dir(
@@ -425,7 +448,11 @@ def load_hf_dir(
     raise ModelLoadError(f'Cannot read {directory}/config.json: {e}') from e
   config = config_from_hf(hf)
   return build_from_tensors(
-    config, _iter_safetensors(directory), lora=lora, dtype=dtype, source=directory
+    config,
+    _iter_safetensors(directory),
+    lora=lora,
+    dtype=dtype,
+    source=directory,
   )
 
 
@@ -434,7 +461,9 @@ def load_gguf(
 ) -> Transformer:
   """Loads a llama-architecture GGUF file, dequantised to `dtype`."""
   config, tensors = read_gguf(path)
-  return build_from_tensors(config, tensors, lora=lora, dtype=dtype, source=path)
+  return build_from_tensors(
+    config, tensors, lora=lora, dtype=dtype, source=path
+  )
 
 
 def embedded_model_path() -> str:
@@ -472,7 +501,9 @@ def load_model(
   if path.startswith('random:'):
     preset = path.split(':', 1)[1]
     if preset not in config_lib.PRESETS:
-      raise ModelLoadError(f'Unknown preset {preset!r}; known: {list(config_lib.PRESETS)}')
+      raise ModelLoadError(
+        f'Unknown preset {preset!r}; known: {list(config_lib.PRESETS)}'
+      )
     return Transformer(
       config_lib.PRESETS[preset](), lora=lora, dtype=dtype, rngs=nnx.Rngs(0)
     )
@@ -482,4 +513,6 @@ def load_model(
     return load_gguf(path, lora=lora, dtype=dtype)
   if not os.path.exists(path):
     raise ModelLoadError(f'Model path not found: {path}')
-  raise ModelLoadError(f'{path}: expected an HF model directory or a .gguf file')
+  raise ModelLoadError(
+    f'{path}: expected an HF model directory or a .gguf file'
+  )

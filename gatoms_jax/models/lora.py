@@ -132,7 +132,9 @@ def unflatten(vector: Array, template: LoraTree) -> LoraTree:
     out.append(jnp.reshape(vector[offset : offset + size], leaf.shape))
     offset += size
   if offset != vector.shape[-1]:
-    raise ValueError(f'vector has {vector.shape[-1]} entries, tree has {offset}')
+    raise ValueError(
+      f'vector has {vector.shape[-1]} entries, tree has {offset}'
+    )
   return jax.tree_util.tree_unflatten(treedef, out)
 
 

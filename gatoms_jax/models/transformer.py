@@ -110,7 +110,9 @@ class Linear(nnx.Module):
     self.kernel = nnx.Param(
       std * jax.random.normal(rngs.params(), (in_features, out_features), dtype)
     )
-    self.bias = nnx.Param(jnp.zeros((out_features,), dtype)) if use_bias else None
+    self.bias = (
+      nnx.Param(jnp.zeros((out_features,), dtype)) if use_bias else None
+    )
     if lora is not None:
       self.lora_scale = lora.scale
       # PEFT init (kaiming-uniform A, zero B) is applied by lora.init_lora;
@@ -162,7 +164,9 @@ class RMSNorm(nnx.Module):
 def rope_inv_freq(config: ModelConfig, layer_type: str) -> Array:
   """Inverse RoPE frequencies (e/2,) for a layer type, with scaling."""
   e = config.head_dim
-  theta = config.local_rope_theta if layer_type == 'sliding' else config.rope_theta
+  theta = (
+    config.local_rope_theta if layer_type == 'sliding' else config.rope_theta
+  )
   inv = 1.0 / (theta ** (jnp.arange(0, e, 2, dtype=jnp.float32) / e))
   scaling = config.rope_scaling
   if scaling is None or layer_type == 'sliding':
@@ -174,9 +178,9 @@ def rope_inv_freq(config: ModelConfig, layer_type: str) -> Array:
     high_wavelen = scaling.original_max_position / scaling.high_freq_factor
     wavelen = 2 * math.pi / inv
     scaled = jnp.where(wavelen > low_wavelen, inv / scaling.factor, inv)
-    smooth = (scaling.original_max_position / wavelen - scaling.low_freq_factor) / (
-      scaling.high_freq_factor - scaling.low_freq_factor
-    )
+    smooth = (
+      scaling.original_max_position / wavelen - scaling.low_freq_factor
+    ) / (scaling.high_freq_factor - scaling.low_freq_factor)
     smoothed = (1 - smooth) * scaled / scaling.factor + smooth * scaled
     medium = (wavelen >= high_wavelen) & (wavelen <= low_wavelen)
     return jnp.where(medium, smoothed, scaled)
@@ -206,14 +210,28 @@ class Attention(nnx.Module):
     def linear(name, i, o, bias):
       use_lora = lora if (lora is not None and name in lora.targets) else None
       return Linear(
-        i, o, path=f'{p}.{name}', use_bias=bias, lora=use_lora, dtype=dtype, rngs=rngs
+        i,
+        o,
+        path=f'{p}.{name}',
+        use_bias=bias,
+        lora=use_lora,
+        dtype=dtype,
+        rngs=rngs,
       )
 
     bias = c.attention_bias
-    self.q_proj = linear('q_proj', c.hidden_size, c.num_heads * c.head_dim, bias)
-    self.k_proj = linear('k_proj', c.hidden_size, c.num_kv_heads * c.head_dim, bias)
-    self.v_proj = linear('v_proj', c.hidden_size, c.num_kv_heads * c.head_dim, bias)
-    self.o_proj = linear('o_proj', c.num_heads * c.head_dim, c.hidden_size, False)
+    self.q_proj = linear(
+      'q_proj', c.hidden_size, c.num_heads * c.head_dim, bias
+    )
+    self.k_proj = linear(
+      'k_proj', c.hidden_size, c.num_kv_heads * c.head_dim, bias
+    )
+    self.v_proj = linear(
+      'v_proj', c.hidden_size, c.num_kv_heads * c.head_dim, bias
+    )
+    self.o_proj = linear(
+      'o_proj', c.num_heads * c.head_dim, c.hidden_size, False
+    )
     if c.qk_norm:
       kw = dict(eps=c.rms_norm_eps, offset=c.norm_offset, dtype=dtype)
       self.q_norm = RMSNorm(c.head_dim, **kw)
@@ -240,13 +258,23 @@ class Attention(nnx.Module):
       new_cache = None
     else:
       start = (0, cache_index, 0, 0)
-      keys = jax.lax.dynamic_update_slice(cache['k'], k.astype(cache['k'].dtype), start)
-      values = jax.lax.dynamic_update_slice(cache['v'], v.astype(cache['v'].dtype), start)
-      key_pos = jax.lax.dynamic_update_slice(cache['pos'], positions, (0, cache_index))
-      key_valid = jax.lax.dynamic_update_slice(cache['valid'], valid, (0, cache_index))
+      keys = jax.lax.dynamic_update_slice(
+        cache['k'], k.astype(cache['k'].dtype), start
+      )
+      values = jax.lax.dynamic_update_slice(
+        cache['v'], v.astype(cache['v'].dtype), start
+      )
+      key_pos = jax.lax.dynamic_update_slice(
+        cache['pos'], positions, (0, cache_index)
+      )
+      key_valid = jax.lax.dynamic_update_slice(
+        cache['valid'], valid, (0, cache_index)
+      )
       new_cache = {'k': keys, 'v': values, 'pos': key_pos, 'valid': key_valid}
 
-    mask = (key_pos[:, None, :] <= positions[:, :, None]) & key_valid[:, None, :]
+    mask = (key_pos[:, None, :] <= positions[:, :, None]) & key_valid[
+      :, None, :
+    ]
     if segment_ids is not None:  # packed documents: no attention across them
       mask &= segment_ids[:, None, :] == segment_ids[:, :, None]
     if self.layer_type == 'sliding' and c.sliding_window:
@@ -272,7 +300,9 @@ class MLP(nnx.Module):
 
     def linear(name, i, o):
       use_lora = lora if (lora is not None and name in lora.targets) else None
-      return Linear(i, o, path=f'{p}.{name}', lora=use_lora, dtype=dtype, rngs=rngs)
+      return Linear(
+        i, o, path=f'{p}.{name}', lora=use_lora, dtype=dtype, rngs=rngs
+      )
 
     self.gate_proj = linear('gate_proj', c.hidden_size, c.intermediate_size)
     self.up_proj = linear('up_proj', c.hidden_size, c.intermediate_size)

@@ -68,7 +68,9 @@ class RunContext:
     from gatoms_jax.models.generate import eos_token_ids
 
     path = self.model_path
-    return tuple(eos_token_ids('' if path.startswith('random:') else path, self.tokenizer))
+    return tuple(
+      eos_token_ids('' if path.startswith('random:') else path, self.tokenizer)
+    )
 
   # -- data ----------------------------------------------------------------
 
@@ -112,7 +114,9 @@ class RunContext:
     from gatoms_jax.models.peft import load_peft_adapter
 
     mdef = self.split_model[0]
-    lora, _ = load_peft_adapter(os.path.join(self.stage_dir('finetune'), 'adapter'), mdef)
+    lora, _ = load_peft_adapter(
+      os.path.join(self.stage_dir('finetune'), 'adapter'), mdef
+    )
     return lora
 
   @functools.cached_property

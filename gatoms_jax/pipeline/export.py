@@ -10,7 +10,9 @@ import numpy as np
 from gatoms_jax.pipeline.context import RunContext
 
 
-def export_steered(config: Any, coefficients: Mapping[int, float], directory: str) -> str:
+def export_steered(
+  config: Any, coefficients: Mapping[int, float], directory: str
+) -> str:
   """Writes θ − Σ_j c_j v_j (unit-norm, oriented atom deltas) as PEFT.
 
   Needs the run's finetune, project and dictionary stages to be complete.
@@ -23,10 +25,19 @@ def export_steered(config: Any, coefficients: Mapping[int, float], directory: st
   codes = np.load(os.path.join(ctx.stage_dir('dictionary'), 'codes.npy'))
   bad = [a for a in coefficients if not 0 <= a < D.shape[0]]
   if bad:
-    raise ValueError(f'atoms {bad} out of range: the dictionary has {D.shape[0]}')
+    raise ValueError(
+      f'atoms {bad} out of range: the dictionary has {D.shape[0]}'
+    )
   lora = ctx.finetuned_lora
   directions = steer.AtomDirections(
-    spec, D, lora, codes=codes, mode=config.steering.unproject, top_n=config.atoms.top_n
+    spec,
+    D,
+    lora,
+    codes=codes,
+    mode=config.steering.unproject,
+    top_n=config.atoms.top_n,
   )
   steered = steer.steer(lora, coefficients, directions)
-  return steer.export_steered_adapter(directory, steered, ctx.lora_config, ctx.model_path)
+  return steer.export_steered_adapter(
+    directory, steered, ctx.lora_config, ctx.model_path
+  )

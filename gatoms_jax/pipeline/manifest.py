@@ -124,7 +124,9 @@ def read_manifest(stage_dir: str) -> Optional[dict]:
 
 def is_complete(stage_dir: str, key: str) -> bool:
   manifest = read_manifest(stage_dir)
-  return bool(manifest and manifest.get('complete') and manifest.get('key') == key)
+  return bool(
+    manifest and manifest.get('complete') and manifest.get('key') == key
+  )
 
 
 def write_manifest(

@@ -22,7 +22,9 @@ def parse_stages(stages: Optional[Sequence[str] | str]) -> list[str]:
     stages = [s for s in stages.split(',') if s]
   unknown = [s for s in stages if s not in manifest.STAGES]
   if unknown:
-    raise ValueError(f'Unknown stage(s) {unknown}; stages: {", ".join(manifest.STAGES)}')
+    raise ValueError(
+      f'Unknown stage(s) {unknown}; stages: {", ".join(manifest.STAGES)}'
+    )
   return [s for s in manifest.STAGES if s in stages]
 
 
@@ -58,7 +60,9 @@ def run(
         done[stage] = manifest.read_manifest(stage_dir)
       continue
     if not force and manifest.is_complete(stage_dir, keys[stage]):
-      logging.info('stage %s: complete and current (key %s), skipped', stage, keys[stage])
+      logging.info(
+        'stage %s: complete and current (key %s), skipped', stage, keys[stage]
+      )
       done[stage] = manifest.read_manifest(stage_dir)
       continue
     missing = [s for s in manifest.STAGE_INPUTS[stage] if s not in done]

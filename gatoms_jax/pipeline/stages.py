@@ -84,7 +84,9 @@ def run_curvature(ctx: RunContext) -> dict:
   docs = ctx.train_docs
   if c.max_docs and c.max_docs < len(docs):
     rng = np.random.default_rng(c.sample_seed)
-    docs = [docs[i] for i in sorted(rng.choice(len(docs), c.max_docs, replace=False))]
+    docs = [
+      docs[i] for i in sorted(rng.choice(len(docs), c.max_docs, replace=False))
+    ]
   batches, n = _batches(ctx, docs, c.batch_size)
   factors = curvature.fit_factors(
     mdef,
@@ -98,7 +100,11 @@ def run_curvature(ctx: RunContext) -> dict:
   )
   factors = curvature.eigendecompose(factors)
   factors.save(ctx.stage_dir('curvature'))
-  return {'n_docs': len(docs), 'n_tokens': factors.n_tokens, 'n_modules': len(factors.modules)}
+  return {
+    'n_docs': len(docs),
+    'n_tokens': factors.n_tokens,
+    'n_modules': len(factors.modules),
+  }
 
 
 def run_extract(ctx: RunContext) -> dict:
@@ -120,7 +126,9 @@ def run_extract(ctx: RunContext) -> dict:
       'loss': 'summed assistant-token cross-entropy',
     },
   )
-  extractor = grads.GradientExtractor(mdef, base, lora, compute_dtype=c.compute_dtype)
+  extractor = grads.GradientExtractor(
+    mdef, base, lora, compute_dtype=c.compute_dtype
+  )
   stats = grads.extract_to_store(
     extractor,
     ctx.train_docs,
@@ -130,7 +138,9 @@ def run_extract(ctx: RunContext) -> dict:
     bucket_multiple=ctx.config.data.bucket_multiple,
   )
   ctx.__dict__.pop('store', None)  # reopen to see the new chunks
-  stats.update(n_rows=ctx.store.n_rows, dim=ctx.store.dim, n_skipped=len(ctx.store.skipped))
+  stats.update(
+    n_rows=ctx.store.n_rows, dim=ctx.store.dim, n_skipped=len(ctx.store.skipped)
+  )
   return stats
 
 
@@ -177,7 +187,9 @@ def run_dictionary(ctx: RunContext) -> dict:
   c = ctx.config.dictionary
   n_atoms = min(c.n_atoms, X.shape[0])
   if n_atoms < c.n_atoms:
-    logging.warning('only %d rows: using %d atoms, not %d', X.shape[0], n_atoms, c.n_atoms)
+    logging.warning(
+      'only %d rows: using %d atoms, not %d', X.shape[0], n_atoms, c.n_atoms
+    )
   cfg = ml_collections.ConfigDict(c.to_dict())
   cfg.n_atoms = n_atoms
   result = dictionary.learn_dictionary_from_config(X, cfg)
@@ -213,7 +225,12 @@ def run_characterize(ctx: RunContext) -> dict:
     keyword_min_docs=c.get('keyword_min_docs', 2),
   )
   summaries = atoms.characterize_atoms(
-    codes, ids, responses, labels, mean_pairwise_cosine=store.mean_pairwise_cosine, **kw
+    codes,
+    ids,
+    responses,
+    labels,
+    mean_pairwise_cosine=store.mean_pairwise_cosine,
+    **kw,
   )
   out = ctx.stage_dir('characterize')
   atoms.save_atom_summaries(os.path.join(out, 'atoms.json'), summaries)
@@ -244,8 +261,12 @@ def run_characterize(ctx: RunContext) -> dict:
   atoms.save_atom_summaries(os.path.join(out, 'kmeans.json'), clusters)
   result = {'n_atoms': len(summaries), 'n_kmeans_clusters': k}
   if labels is not None:
-    n_values, recovered = atoms.label_recovery(summaries, c.report_top, c.purity_threshold)
-    _, km_recovered = atoms.label_recovery(clusters, c.report_top, c.purity_threshold)
+    n_values, recovered = atoms.label_recovery(
+      summaries, c.report_top, c.purity_threshold
+    )
+    _, km_recovered = atoms.label_recovery(
+      clusters, c.report_top, c.purity_threshold
+    )
     result.update(
       n_label_values=n_values,
       n_label_values_recovered=len(recovered),
@@ -269,7 +290,9 @@ def run_steer(ctx: RunContext) -> dict:
 
   c = ctx.config.steering
   ids = _read_json(os.path.join(ctx.stage_dir('project'), 'ids.json'))
-  summaries = atoms.load_atom_summaries(os.path.join(ctx.stage_dir('characterize'), 'atoms.json'))
+  summaries = atoms.load_atom_summaries(
+    os.path.join(ctx.stage_dir('characterize'), 'atoms.json')
+  )
   spec = projection.ProjectionSpec.load(ctx.stage_dir('project'))
   D = ctx.load_npy('dictionary', 'dictionary.npy')
   codes = ctx.load_npy('dictionary', 'codes.npy')
@@ -306,8 +329,17 @@ def run_steer(ctx: RunContext) -> dict:
     else:
       chosen = [a for a, score in matches[name][: c.atoms_per_behavior]]
     dirs = {f'atom{a}': directions.delta(a) for a in chosen}
-    controls = {f'random{s}': directions.random(1000 + s) for s in range(c.n_random_controls)}
-    res = runner.sweep(sets[name], name, {**dirs, **controls}, list(c.alphas), progress=logging.info)
+    controls = {
+      f'random{s}': directions.random(1000 + s)
+      for s in range(c.n_random_controls)
+    }
+    res = runner.sweep(
+      sets[name],
+      name,
+      {**dirs, **controls},
+      list(c.alphas),
+      progress=logging.info,
+    )
     res['matched_atoms'] = [
       {'atom': a, 'score': s, 'coherence': coherence.get(a)}
       for a, s in matches[name][: max(5, c.atoms_per_behavior)]
