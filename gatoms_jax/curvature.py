@@ -200,22 +200,26 @@ def scope_weights(
   return (np.arange(t)[None] <= last[:, None]).astype(np.float32)
 
 
-def _factor_batch(lora, mdef, base, tokens, loss_mask, scope, key, fisher):
-  """Per-batch sums Σ w_t a aᵀ and Σ w_t s sᵀ for every LoRA matrix."""
+def _factor_batch(lora, mdef, base, tokens, index, weight, scope, key, fisher):
+  """Per-batch sums Σ w_t a aᵀ and Σ w_t s sᵀ for every LoRA matrix.
+
+  The LM head runs only on the gathered loss positions `index` (b, m), as in
+  `grads.batch_loss`: logits elsewhere carry no loss.
+  """
   b, t = tokens.shape
   probes = _zero_probes(mdef, lora, b, t, jnp.float32)
-  weights = loss_mask[:, 1:]  # logits at p score token p + 1
 
   def loss_fn(probes):
     taps = LoraTaps(probes=probes, record=True)
     model = lora_lib.merge(mdef, base, lora)
     hidden, _ = model.hidden_states(tokens, taps=taps)
-    logits = model.logits(hidden)[:, :-1]
+    gathered = jnp.take_along_axis(hidden, index[..., None], axis=1)  # b m d
+    logits = model.logits(gathered)
     if fisher == 'true':
       targets = jax.random.categorical(key, jax.lax.stop_gradient(logits))
     else:
-      targets = tokens[:, 1:]
-    loss = jnp.sum(token_nll(logits, targets) * weights)
+      targets = jnp.take_along_axis(tokens, index + 1, axis=1)
+    loss = jnp.sum(token_nll(logits, targets) * weight)
     return loss, taps.record
 
   out_grads, record = jax.grad(loss_fn, has_aux=True)(probes)
@@ -266,8 +270,8 @@ class FactorAccumulator:
     self.lora = jax.device_put(lora, rep)
     self._step = jax.jit(
       _factor_batch,
-      static_argnums=(1, 7),
-      in_shardings=(rep, rep, rows, rows, rows, rep),
+      static_argnums=(1, 8),
+      in_shardings=(rep, rep, rows, rows, rows, rows, rep),
       out_shardings=rep,
     )
     self._key = jax.random.key(seed)
@@ -283,12 +287,15 @@ class FactorAccumulator:
     valid: Optional[np.ndarray] = None,
   ) -> None:
     """Adds one batch; `valid` marks real tokens (for token_scope 'all')."""
+    from gatoms_jax.grads import loss_positions
+
     scope = scope_weights(loss_mask, self.token_scope, valid)
+    index, weight = loss_positions(loss_mask)
     pad = lambda x: sharding.pad_rows(x, self.n_devices)[0]
     key = jax.random.fold_in(self._key, self.n_batches)
     sums, count = self._step(
-      self.lora, self.mdef, self.base, pad(tokens), pad(loss_mask), pad(scope),
-      key, self.fisher,
+      self.lora, self.mdef, self.base, pad(tokens), pad(index), pad(weight),
+      pad(scope), key, self.fisher,
     )  # fmt: skip
     if self.sums is None:
       self.sums = sums

@@ -109,6 +109,18 @@ def batch_loss(lora, mdef, base, tokens, index, weight) -> Array:
   return jnp.sum(token_nll(logits, targets) * weight)
 
 
+def _summed_nll(logits: Array, targets: Array, weight: Array) -> Array:
+  """Σ weight · (logsumexp(logits) − logits[target]), in fp32.
+
+  The same value as `losses.token_nll`, without materialising log_softmax
+  over the vocabulary: ~25 % less LM-head time on CPU.
+  """
+  logits = logits.astype(jnp.float32)
+  lse = jax.nn.logsumexp(logits, axis=-1)
+  picked = jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
+  return jnp.sum((lse - picked) * weight)
+
+
 def doc_loss(
   lora: PyTree,
   mdef: lora_lib.ModelDef,
@@ -130,7 +142,7 @@ def doc_loss(
   model = lora_lib.merge(mdef, base, lora)
   hidden, _ = model.hidden_states(tokens[None])
   logits = model.logits(hidden[0, index])  # m v
-  return jnp.sum(token_nll(logits, targets) * weight)
+  return _summed_nll(logits, targets, weight)
 
 
 # ---------------------------------------------------------------------------
@@ -303,12 +315,14 @@ def plan_slabs(
 ) -> list[Slab]:
   """Lays documents out in slabs of few distinct shapes.
 
-  Every document gets a width class T = its length rounded up to
-  `bucket_multiple` (without packing: one document per row, padded to T).
-  The rows of a class are cut into slabs of R ≈ tokens_per_slab / T rows,
-  balanced so the last slab is not mostly padding; all slabs of a class share
-  one shape (hence one compilation), with the loss width M set by the class's
-  fullest row group.
+  Without packing (the default): one document per row; documents sorted
+  longest first, each slab takes the next R = tokens_per_slab / T documents,
+  T = the first one's length rounded up to `bucket_multiple`, so padding is
+  the length spread inside a slab plus the rounding (the final slab has just
+  the rows it needs). With packing: rows of a width class hold several
+  documents (best fit decreasing); slabs of a class are balanced. Slabs of
+  one (R, T) share one shape, hence one compilation; the loss width M is the
+  fullest row group's.
 
   Args:
     docs: prepared documents (`_prepare`), all with at least one loss token.
@@ -333,36 +347,49 @@ def plan_slabs(
   if not docs:
     return []
   n_in = np.array([d.n_in for d in docs])
-  widths = sorted({_round_up(n, bucket_multiple) for n in n_in.tolist()})
+
+  def rows_for(width):
+    rows = max(1, tokens_per_slab // width)
+    if max_rows:
+      rows = min(rows, max_rows)
+    return _round_up(rows, row_multiple)
+
+  parts: dict[tuple[int, int], list[list[list[int]]]] = {}
   if pack:
+    widths = sorted({_round_up(n, bucket_multiple) for n in n_in.tolist()})
     floor = _round_up(max(pack_width, 1), bucket_multiple)
     widths = sorted({max(w, floor) for w in widths})
-    rows = _best_fit_decreasing(docs, widths, max_docs_per_row)
+    packed = _best_fit_decreasing(docs, widths, max_docs_per_row)
+    for c, width in enumerate(widths):
+      group = [r for cc, r in packed if cc == c]
+      if not group:
+        continue
+      # Balanced slabs, so the last one is not mostly empty rows.
+      n_slabs = -(-len(group) // rows_for(width))
+      per_slab = _round_up(-(-len(group) // n_slabs), row_multiple)
+      parts[(per_slab, width)] = [
+        group[s : s + per_slab] for s in range(0, len(group), per_slab)
+      ]
   else:
-    order = np.argsort(n_in, kind='stable')
-    rows = [(widths.index(_round_up(n_in[i], bucket_multiple)), [int(i)])
-            for i in order]  # fmt: skip
+    # Longest first; each slab takes as many of the next documents as fit
+    # its token budget at the width of its longest one.
+    order = np.argsort(-n_in, kind='stable').tolist()
+    start = 0
+    while start < len(order):
+      width = _round_up(n_in[order[start]], bucket_multiple)
+      rows = rows_for(width)
+      # The final slab: no empty rows (one more shape instead).
+      rows = min(rows, _round_up(len(order) - start, row_multiple))
+      part = [[i] for i in order[start : start + rows]]
+      parts.setdefault((rows, width), []).append(part)
+      start += rows
   slabs = []
-  for c, width in enumerate(widths):
-    group = [r for cc, r in rows if cc == c]
-    if not group:
-      continue
-    target = max(1, tokens_per_slab // width)
-    if max_rows:
-      target = min(target, max_rows)
-    n_slabs = -(-len(group) // target)
-    per_slab = _round_up(-(-len(group) // n_slabs), row_multiple)
-    groups = row_multiple if group_rows else per_slab
-    parts = [group[s : s + per_slab] for s in range(0, len(group), per_slab)]
-    loss_width = max(_loss_width(docs, p, per_slab // groups) for p in parts)
-    shape = (
-      per_slab,
-      width,
-      groups,
-      _round_up(loss_width, 8),
-      max(len(r) for r in group),
-    )
-    slabs += [_fill_slab(docs, doc_ids, p, shape) for p in parts]
+  for (rows, width), group in parts.items():
+    groups = row_multiple if group_rows else rows
+    loss_width = max(_loss_width(docs, p, rows // groups) for p in group)
+    slots = max(len(r) for p in group for r in p)
+    shape = (rows, width, groups, _round_up(loss_width, 8), slots)
+    slabs += [_fill_slab(docs, doc_ids, p, shape) for p in group]
   return slabs
 
 
@@ -421,7 +448,7 @@ def _slab_taps(lora, mdef, base, slab: Slab, packed: bool) -> Array:
     flat = hidden.reshape(groups, -1, hidden.shape[-1])  # G (R/G·T) d
     gathered = jnp.take_along_axis(flat, index[..., None], axis=1)
     logits = model.logits(gathered)  # G M v, fp32
-    return jnp.sum(token_nll(logits, targets) * weight), taps.record
+    return _summed_nll(logits, targets, weight), taps.record
 
   out_grads, record = jax.grad(loss_fn, has_aux=True)(probes)
   n_slots = slab.doc_index.shape[1]
@@ -487,6 +514,29 @@ def _call_fn(lora, mdef, base, call: Slab, method: str, packed: bool) -> Array:
   return jax.lax.map(body, call)
 
 
+@functools.lru_cache(maxsize=None)
+def _jitted_call(
+  method: str,
+  packed: bool,
+  mesh: jax.sharding.Mesh,
+  compiler_options: tuple = (),
+):
+  """One jitted `_call_fn` per setting, shared by extractors (and their
+  compilations: lora and base are arguments, mdef a static one)."""
+  rep = sharding.replicated(mesh)
+  # Slab arrays are (S, R, ...): rows sharded, slabs looped over.
+  rows = lambda nd: jax.sharding.NamedSharding(
+    mesh, jax.P(None, sharding.DATA_AXIS, *([None] * (nd - 2)))
+  )
+  return jax.jit(
+    functools.partial(_call_fn, method=method, packed=packed),
+    static_argnums=(1,),
+    in_shardings=(rep, rep, Slab(*[rows(3)] * 7)),
+    out_shardings=rows(4),
+    compiler_options=dict(compiler_options) or None,
+  )
+
+
 # ---------------------------------------------------------------------------
 # The extractor.
 
@@ -510,6 +560,7 @@ class GradientExtractor:
     pack: several documents per row (taps only; see `plan_slabs`).
     max_docs_per_row: packing cap on documents per row.
     pack_width: packing: minimum row width.
+    compiler_options: XLA options for the jitted call (e.g. {'xla_cpu_...'}).
   """
 
   def __init__(
@@ -521,13 +572,14 @@ class GradientExtractor:
     mesh: Optional[jax.sharding.Mesh] = None,
     compute_dtype: str = 'float32',
     method: str = 'taps',
-    tokens_per_slab: int = 1024,
-    slabs_per_call: int = 4,
+    tokens_per_slab: int = 512,
+    slabs_per_call: int = 8,
     bucket_multiple: int = 16,
     batch_size: Optional[int] = None,
     pack: bool = False,
     max_docs_per_row: int = 8,
     pack_width: int = 0,
+    compiler_options: Optional[dict] = None,
   ):
     if method not in METHODS:
       raise ValueError(f'method must be one of {METHODS}, got {method!r}')
@@ -550,15 +602,8 @@ class GradientExtractor:
     self.base = jax.device_put(cast(base), rep)
     self.lora = jax.device_put(cast(lora), rep)
     self.dim = lora_lib.num_params(lora)
-    # Slab arrays are (S, R, ...): rows sharded, slabs looped over.
-    rows = lambda nd: jax.sharding.NamedSharding(
-      self.mesh, jax.P(None, sharding.DATA_AXIS, *([None] * (nd - 2)))
-    )
-    self._fn = jax.jit(
-      functools.partial(_call_fn, method=method, packed=pack),
-      static_argnums=(1,),
-      in_shardings=(rep, rep, Slab(*[rows(3)] * 7)),
-      out_shardings=rows(4),
+    self._fn = _jitted_call(
+      method, pack, self.mesh, tuple(sorted((compiler_options or {}).items()))
     )
     self._shapes_seen: set = set()
 
@@ -595,20 +640,41 @@ class GradientExtractor:
 
   # -- running -------------------------------------------------------------
 
-  def run(self, call: Slab) -> tuple[np.ndarray, np.ndarray]:
-    """(doc_index int[n], rows float32[n, d]) of one planned call."""
-    self._shapes_seen.add(call.tokens.shape + call.index.shape[2:])
-    out = self._fn(self.lora, self.mdef, self.base, call)
+  def dispatch(self, call: Slab) -> Array:
+    """Starts one planned call; returns its (S, R, k, d) rows (async)."""
+    self._shapes_seen.add(call.tokens.shape + call.index.shape[1:])
+    return self._fn(self.lora, self.mdef, self.base, call)
+
+  @staticmethod
+  def collect(call: Slab, out: Array) -> tuple[np.ndarray, np.ndarray]:
+    """(doc_index int[n], rows float32[n, d]) of a dispatched call."""
     keep = call.doc_index >= 0
     return call.doc_index[keep], np.asarray(out)[keep]
+
+  def run(self, call: Slab) -> tuple[np.ndarray, np.ndarray]:
+    """(doc_index int[n], rows float32[n, d]) of one planned call."""
+    return self.collect(call, self.dispatch(call))
+
+  def run_calls(
+    self, calls: Sequence[Slab]
+  ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """`run` over calls, keeping the next call in flight while the caller
+    copies and stores the rows of the previous one."""
+    previous = None
+    for call in calls:
+      out = self.dispatch(call)
+      if previous is not None:
+        yield self.collect(*previous)
+      previous = (call, out)
+    if previous is not None:
+      yield self.collect(*previous)
 
   def iter_gradients(
     self, docs: Sequence[Any]
   ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """Yields (doc_index, rows) per call; docs without loss are left out."""
     calls, _ = self.plan(docs)
-    for call in calls:
-      yield self.run(call)
+    yield from self.run_calls(calls)
 
   def gradients(self, docs: Sequence[Any]) -> np.ndarray:
     """All rows (n, d) in the order of `docs` (zero rows for no-loss docs)."""
@@ -695,8 +761,7 @@ def extract_to_store(
   n_tokens = 0
   bar = tqdm(total=n_todo, desc='gradients', unit='doc', disable=not progress)
   with store.writer(chunk_size) as writer:
-    for call in calls:
-      index, rows = extractor.run(call)
+    for index, rows in extractor.run_calls(calls):
       writer.add([pending[i].doc_id for i in index], rows)
       n_tokens += int(sum(pending[i].tokens.shape[0] for i in index))
       bar.update(len(index))
@@ -704,6 +769,7 @@ def extract_to_store(
   seconds = time.perf_counter() - start
   stats.update(
     n_computed=n_todo,
+    n_calls=len(calls),
     seconds=seconds,
     docs_per_s=n_todo / seconds if seconds > 0 else 0.0,
     tokens_per_s=n_tokens / seconds if seconds > 0 else 0.0,
