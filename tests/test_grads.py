@@ -80,9 +80,7 @@ class PerExampleTest(parameterized.TestCase):
     super().setUpClass()
     cls.docs = make_docs(9)
     cls.splits = {f: make_split(f) for f in CONFIGS}
-    cls.refs = {
-      f: reference_rows(*cls.splits[f], cls.docs) for f in CONFIGS
-    }
+    cls.refs = {f: reference_rows(*cls.splits[f], cls.docs) for f in CONFIGS}
 
   @parameterized.parameters(
     *[(f, v) for f in CONFIGS for v in ('taps', 'taps_packed', 'vmap')],
@@ -124,7 +122,12 @@ class PerExampleTest(parameterized.TestCase):
     mdef, base, lora = self.splits['llama']
     mesh = sharding.make_mesh(devices=jax.devices()[:1])
     ex = grads.GradientExtractor(
-      mdef, base, lora, mesh=mesh, compute_dtype='bfloat16', tokens_per_slab=4096
+      mdef,
+      base,
+      lora,
+      mesh=mesh,
+      compute_dtype='bfloat16',
+      tokens_per_slab=4096,
     )
     got = ex.gradients(self.docs)
     self.assertEqual(got.dtype, np.float32)
@@ -201,7 +204,9 @@ def store_docs():
   """12 docs, one of them without any assistant token."""
   docs = make_docs(12, seed=5)
   d = docs[4]
-  docs[4] = TokenizedDoc(d.doc_id, d.index, d.tokens, np.zeros_like(d.loss_mask))
+  docs[4] = TokenizedDoc(
+    d.doc_id, d.index, d.tokens, np.zeros_like(d.loss_mask)
+  )
   return docs
 
 
