@@ -40,6 +40,7 @@ from jax.sharding import NamedSharding
 from tqdm import tqdm
 
 from gatoms_jax import sharding
+from gatoms_jax.io_utils import save_safetensors, write_json
 from gatoms_jax.losses import token_nll
 from gatoms_jax.models import lora as lora_lib
 from gatoms_jax.models.transformer import LoraTaps
@@ -99,8 +100,6 @@ class Factors:
 
   def save(self, directory: str) -> None:
     """Writes factors.safetensors + factors.json (atomically)."""
-    from safetensors.numpy import save_file
-
     os.makedirs(directory, exist_ok=True)
     tensors = {}
     for name, table in (
@@ -121,10 +120,8 @@ class Factors:
       'n_corrected_docs': int(self.n_corrected_docs),
       'modules': self.modules,
     }
-    tmp = os.path.join(directory, '.factors.safetensors.tmp')
-    save_file(tensors, tmp)
-    os.replace(tmp, os.path.join(directory, 'factors.safetensors'))
-    _write_json(os.path.join(directory, 'factors.json'), meta)
+    save_safetensors(os.path.join(directory, 'factors.safetensors'), tensors)
+    write_json(os.path.join(directory, 'factors.json'), meta)
 
   @classmethod
   def load(cls, directory: str) -> 'Factors':
@@ -153,13 +150,6 @@ class Factors:
       corrected=tables['Lambda'],
       n_corrected_docs=meta['n_corrected_docs'],
     )
-
-
-def _write_json(path: str, obj: Any) -> None:
-  tmp = path + '.tmp'
-  with open(tmp, 'w') as f:
-    json.dump(obj, f, indent=1)
-  os.replace(tmp, path)
 
 
 # ---------------------------------------------------------------------------

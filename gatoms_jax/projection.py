@@ -26,6 +26,7 @@ import numpy as np
 from tqdm import tqdm
 
 from gatoms_jax import sharding
+from gatoms_jax.io_utils import save_safetensors, write_json
 from gatoms_jax.curvature import Factors
 
 Array = jax.Array
@@ -74,7 +75,6 @@ class ProjectionSpec:
     return 1.0 / np.sqrt(np.abs(self.eigenvalues[path]) + self.epsilon)
 
   def save(self, directory: str) -> None:
-    from safetensors.numpy import save_file
 
     os.makedirs(directory, exist_ok=True)
     tensors = {}
@@ -85,9 +85,7 @@ class ProjectionSpec:
       tensors[f'{path}/eigenvalues'] = np.asarray(
         self.eigenvalues[path], np.float64
       )
-    tmp = os.path.join(directory, '.projection.safetensors.tmp')
-    save_file(tensors, tmp)
-    os.replace(tmp, os.path.join(directory, 'projection.safetensors'))
+    save_safetensors(os.path.join(directory, 'projection.safetensors'), tensors)
     meta = {
       'leaves': [[p, list(s)] for p, s in self.leaves],
       'epsilon': self.epsilon,
@@ -95,12 +93,7 @@ class ProjectionSpec:
       'scale_by': self.scale_by,
       'k_total': self.k_total,
     }
-    with open(os.path.join(directory, '.projection.json.tmp'), 'w') as f:
-      json.dump(meta, f, indent=1)
-    os.replace(
-      os.path.join(directory, '.projection.json.tmp'),
-      os.path.join(directory, 'projection.json'),
-    )
+    write_json(os.path.join(directory, 'projection.json'), meta)
 
   @classmethod
   def load(cls, directory: str) -> 'ProjectionSpec':

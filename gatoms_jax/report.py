@@ -14,6 +14,8 @@ from typing import Any
 
 import numpy as np
 
+from gatoms_jax.io_utils import write_json
+
 
 def _read(path: str, default=None):
   try:
@@ -166,10 +168,7 @@ def write_report(ctx: Any) -> dict:
     },
     'stage_seconds': stage_seconds,
   }
-  tmp = os.path.join(run_dir, 'summary.json.tmp')
-  with open(tmp, 'w') as f:
-    json.dump(summary, f, indent=1, default=str)
-  os.replace(tmp, os.path.join(run_dir, 'summary.json'))
+  write_json(os.path.join(run_dir, 'summary.json'), summary)
 
   lines = [f'# Gradient Atoms report: `{ctx.config.run_name}`', '']
   lines += [

@@ -16,6 +16,8 @@ import os
 import time
 from typing import Any, Optional
 
+from gatoms_jax.io_utils import write_json
+
 STAGES = (
   'finetune',
   'curvature',
@@ -152,10 +154,7 @@ def write_manifest(
   if extra:
     manifest.update(extra)
   os.makedirs(stage_dir, exist_ok=True)
-  tmp = manifest_path(stage_dir) + '.tmp'
-  with open(tmp, 'w') as f:
-    json.dump(manifest, f, indent=1, default=str)
-  os.replace(tmp, manifest_path(stage_dir))
+  write_json(manifest_path(stage_dir), manifest)
   return manifest
 
 

@@ -18,26 +18,8 @@ import ml_collections
 import numpy as np
 from absl import logging
 
+from gatoms_jax.io_utils import write_json
 from gatoms_jax.pipeline.context import RunContext
-
-
-def _write_json(path: str, obj: Any) -> None:
-  tmp = path + '.tmp'
-  with open(tmp, 'w') as f:
-    json.dump(obj, f, indent=1, default=_json_default)
-  os.replace(tmp, path)
-
-
-def _json_default(x):
-  if isinstance(x, (np.integer,)):
-    return int(x)
-  if isinstance(x, (np.floating,)):
-    return float(x)
-  if isinstance(x, np.ndarray):
-    return x.tolist()
-  if isinstance(x, set):
-    return sorted(x)
-  return str(x)
 
 
 def _read_json(path: str) -> Any:
@@ -173,7 +155,7 @@ def run_project(ctx: RunContext) -> dict:
     spec, store.iter_chunks(ctx.config.grads.chunk_size), n_chunks=n_chunks
   )
   np.save(os.path.join(out, 'projected.npy'), G)
-  _write_json(os.path.join(out, 'ids.json'), ids)
+  write_json(os.path.join(out, 'ids.json'), ids)
   return {'n_rows': len(ids), 'k_total': spec.k_total}
 
 
@@ -196,7 +178,7 @@ def run_dictionary(ctx: RunContext) -> dict:
   out = ctx.stage_dir('dictionary')
   np.save(os.path.join(out, 'dictionary.npy'), result.dictionary)
   np.save(os.path.join(out, 'codes.npy'), result.codes)
-  _write_json(os.path.join(out, 'history.json'), result.history)
+  write_json(os.path.join(out, 'history.json'), result.history)
   nnz = (result.codes != 0).sum(axis=1)
   return {
     'objective': result.objective,
@@ -279,7 +261,7 @@ def run_characterize(ctx: RunContext) -> dict:
     n_coherence_above_0_5=int(sum(x > 0.5 for x in coherences)),
     n_coherence_above_0_1=int(sum(x > 0.1 for x in coherences)),
   )
-  _write_json(os.path.join(out, 'summary.json'), result)
+  write_json(os.path.join(out, 'summary.json'), result)
   return result
 
 
@@ -357,8 +339,8 @@ def run_steer(ctx: RunContext) -> dict:
     table[name] = {
       k: res['summary'][k] for k in ('baseline', 'best_toward', 'best_away')
     }
-    _write_json(os.path.join(out, 'sweeps.json'), results)  # partial progress
-  _write_json(os.path.join(out, 'sweeps.json'), results)
+    write_json(os.path.join(out, 'sweeps.json'), results)  # partial progress
+  write_json(os.path.join(out, 'sweeps.json'), results)
   return {'steering': table}
 
 
