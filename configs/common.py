@@ -175,7 +175,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.steering.control_margin_pp = 10.0
   c.steering.max_kl = 1.0  # nats per token, KL(base ‖ steered)
   c.steering.max_degenerate = 0.2  # fraction of outputs
-  c.steering.shift_direction = 'increase'  # increase | decrease | either
+  c.steering.shift_direction = 'either'  # increase | decrease | either
   # Degeneracy rule (text.is_degenerate): a repeated n-gram loop covering
   # > coverage of the tokens, or distinct-token ratio < min_distinct.
   c.steering.degenerate_ngram = 4

@@ -223,6 +223,7 @@ def summarize_sweep(
   control_margin_pp: float = 10.0,
   max_kl: float = 1.0,
   max_degenerate: float = 0.2,
+  direction: str = 'either',
 ) -> dict:
   """Best toward/away rates per atom and the verdict against controls.
 
@@ -260,7 +261,7 @@ def summarize_sweep(
       control_margin_pp=control_margin_pp,
       max_kl=max_kl,
       max_degenerate=max_degenerate,
-      direction='either',
+      direction=direction,
     )
     # "toward"/"away" = the variant that most raises/lowers the behaviour,
     # whichever sign of c did it (atom signs are arbitrary).

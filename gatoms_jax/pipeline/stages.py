@@ -33,7 +33,6 @@ def _read_json(path: str) -> Any:
 def run_finetune(ctx: RunContext) -> dict:
   from gatoms_jax import finetune
 
-  mdef, base, lora0 = ctx.split_model
   result = finetune.finetune(
     ctx.config,
     ctx.stage_dir('finetune'),
@@ -334,6 +333,7 @@ def run_steer(ctx: RunContext) -> dict:
       control_margin_pp=c.get('control_margin_pp', 10.0),
       max_kl=c.get('max_kl', 1.0),
       max_degenerate=c.get('max_degenerate', 0.2),
+      direction=c.get('shift_direction', 'either'),
     )
     results[name] = res
     table[name] = {
