@@ -15,6 +15,11 @@ over `repeats` rounds (medians reported; the CPU may be shared):
                   summed CE over the assistant tokens, backward.
   (c) torch_vmap  torch.func.vmap(grad) over the LoRA params
                   (functional_call) on length-sorted padded batches.
+  (b') torch_loop_1thread  (b) with torch.set_num_threads(1): on a shared
+                  CPU, OpenMP with all threads can be several times slower
+                  than one thread, which would flatter (a); reported as a
+                  robustness check, together with useful GFLOP per CPU-second
+                  of every method.
 
 Both torch paths score every position with the LM head, as the reference code
 does. max_rel_err = max over documents of ‖g_jax − g_torch‖₂ / ‖g_torch‖₂
@@ -75,6 +80,12 @@ flags.DEFINE_integer('slabs_per_call', None, 'Extractor override.')
 flags.DEFINE_integer('torch_vmap_batch', 4, 'Documents per torch vmap call.')
 flags.DEFINE_bool('skip_torch', False, 'Only time gatoms_jax (tuning).')
 flags.DEFINE_bool('skip_torch_vmap', False, 'Skip (c).')
+flags.DEFINE_bool(
+  'torch_1thread',
+  True,
+  'Also time the torch loop with 1 thread: OpenMP with all threads degrades '
+  'badly when other processes share the cores.',
+)
 
 TARGETS = ('q_proj', 'v_proj')
 RANK, ALPHA = 8, 16.0
@@ -336,7 +347,7 @@ def main(argv):
   n_loss = np.array([int(d.loss_mask[1:].sum()) for d in docs])
   logging.info('documents: %s; lengths %s', source, lengths.tolist())
 
-  out = {}
+  out = {'load_avg_1min_start': os.getloadavg()[0]}
   rates = matmul_gflops()
   out['matmul_gflops'] = max(rates.values())
   out['matmul_rates'] = {k: round(v, 1) for k, v in rates.items()}
@@ -363,8 +374,19 @@ def main(argv):
   runners = {'jax': jax_pass}
   if not FLAGS.skip_torch:
     model, order = load_torch(lora)
+    threads = torch.get_num_threads()
     runners['torch_loop'] = lambda: torch_loop(model, order, docs)
     torch_loop(model, order, docs[:1])  # warm-up
+    if FLAGS.torch_1thread and threads > 1:
+
+      def one_thread():
+        torch.set_num_threads(1)
+        try:
+          return torch_loop(model, order, docs)
+        finally:
+          torch.set_num_threads(threads)
+
+      runners['torch_loop_1thread'] = one_thread
     if not FLAGS.skip_torch_vmap:
       vmap_run = make_torch_vmap(model, order, FLAGS.torch_vmap_batch)
       runners['torch_vmap'] = lambda: vmap_run(docs)
@@ -431,12 +453,21 @@ def main(argv):
     out['torch_loop_flop_efficiency'] = (
       flops / med['torch_loop'] / 1e9 / out['matmul_gflops']
     )
+  if 'torch_loop_1thread' in med:
+    out['torch_loop_1thread_docs_per_s'] = n / med['torch_loop_1thread']
+    out['speedup_vs_torch_loop_1thread'] = (
+      med['torch_loop_1thread'] / med['jax']
+    )
+  # Contention-robust: useful work per CPU-second each method consumed.
+  out['useful_gflop_per_cpu_s'] = {
+    k: round(flops / 1e9 / statistics.median(v), 1) for k, v in cpu.items()
+  }
   out['seconds_median'] = {k: round(v, 3) for k, v in med.items()}
   out['seconds_all'] = {k: [round(x, 3) for x in v] for k, v in times.items()}
   out['cpu_seconds_median'] = {
     k: round(statistics.median(v), 3) for k, v in cpu.items()
   }
-  out['load_avg_1min'] = os.getloadavg()[0]
+  out['load_avg_1min_end'] = os.getloadavg()[0]
   out['n_docs'] = n
   out['doc_tokens'] = {
     'min': int(lengths.min()),

@@ -2,43 +2,57 @@
 
 g_i = ∇_θ Σ_t CE(token_t) over the assistant tokens of document i, θ = the
 LoRA tree, flattened in the canonical leaf order (`lora.flatten`). Two
-formulations compute exactly the same rows:
+formulations compute the same rows (tests check both against one document at
+a time at its own length):
 
-  'vmap'  `jax.vmap(jax.grad(doc_loss))` over a padded batch, one document per
-          row: the canonical, obviously-correct formulation.
-  'taps'  (default) ONE forward/backward of the summed loss of a whole slab
+  'vmap'  `jax.vmap(jax.grad(doc_loss))` over a padded slab, one document per
+          row: the canonical, obviously-correct formulation (vmap over a
+          jitted grad).
+  'taps'  (default) ONE forward/backward of the summed loss of the whole slab
           with zero probes added to every lora_a/lora_b output
           (`LoraTaps(probes, record=True)`): ∂L/∂probe is the per-token output
-          gradient s, and since documents do not interact, the per-document
+          gradient s and, since documents do not interact, the per-document
           gradients are exact per-document sums of outer products,
             ∂L_i/∂A = Σ_{t∈i} x_t s_aᵀ   (einsum 'bti,btr->bir'),
             ∂L_i/∂B = Σ_{t∈i} h_t s_bᵀ   (einsum 'btr,bto->bro'),
           with x, h the recorded lora_a/lora_b inputs.
 
-Why 'taps' is the default on CPU. Contrary to the first guess, vmap(grad) does
-not run per-example matmuls here: XLA folds the vmapped axis into the rows of
-every frozen-weight matmul, and both formulations compile to the same
-(B·T)×d dots (checked in the optimised HLO). What made vmap(grad) look as if
-it scaled badly with B is memory: the backward keeps ~1.8 MB of activations
-per token for SmolLM2-135M, i.e. ~1.8 GB of temporaries at B·T = 1024, which
-XLA:CPU allocates per call and the kernel faults in page by page (~470k minor
-faults per call, 20–25 % of the CPU time), plus every padded token costs as
-much as a real one. The taps formulation removes what vmap cannot:
-  * packing: several documents share a row (`segment_ids` keep their
-    attention apart, positions restart at 0), so there is no padding, and
-    every slab of an extraction has ONE shape, hence one compilation;
-  * several slabs per jitted call (`lax.map`): the temporaries of one slab are
-    allocated and faulted in once per call and reused by the next slab;
+Why 'taps' is the default (measured on a 2-core AVX-512 CPU, SmolLM2-135M,
+fp32; experiments/bench_gradients.py). vmap(grad) does NOT run per-example
+matmuls: XLA folds the vmapped axis into the rows of every frozen-weight
+matmul and both formulations compile to the same (B·T)×d dots (checked in the
+optimised HLO). Its apparent bad scaling with B came from memory and a shared
+CPU: the backward keeps ~1.8 MB of activations per token, i.e. ~1.8 GB of
+temporaries at B·T = 1024 that XLA:CPU allocates per call and the kernel
+faults in page by page (~0.45 M minor faults per GB, ~20 % of the CPU time),
+and wall-clock on a loaded 2-core machine swings by 2x. In CPU-seconds per
+useful FLOP, vmap(grad) is flat from B = 4 to 8 (~105 GFLOP per CPU-second)
+and ~20 % worse at B = 16; 'taps' with this module's planning does ~125.
+What makes the difference:
+  * slabs of R·T ≈ `tokens_per_slab` tokens, documents sorted by length, each
+    slab padded only to its longest document (multiple of `bucket_multiple`);
+  * several same-shape slabs per jitted call (`lax.map`, empty slabs skipped
+    by `lax.cond`): the temporaries are faulted in once per call, not once
+    per slab;
   * only needed positions: a document is cut after its last loss-predicting
-    position (later tokens feed no loss), and the LM head (v = 49,152 for
-    SmolLM2) runs only on loss positions, gathered per row up to a fixed cap.
-vmap(grad) stays available (method='vmap', padded length buckets) as the
-reference; tests check that both give the same rows.
+    position, and the LM head (v = 49,152) runs only on loss positions,
+    gathered per device-local row group (per row for vmap), with a
+    logsumexp NLL (no log_softmax materialised over the vocabulary);
+  * frozen weights are not differentiated: forward + input-gradient
+    backward + tiny LoRA outer products.
+Optional packing (`pack=True`, taps only) puts several documents in a row
+(`segment_ids` keep their attention apart, positions restart at 0). It is
+off by default: attention is dense over the whole row, and with typical chat
+lengths (e.g. 46–121 tokens) rows cannot be filled well, so it was slower
+than length buckets on both the benchmark and the generated mixture.
+What remains on CPU is XLA:CPU itself: the matmuls (~55 % of op time) run at
+~60–70 % of the machine's square-matmul rate at these shapes (512×576×1536),
+and attention, norms, SiLU and the softmaxes (~40 %) are memory-bound; no
+XLA:CPU option tried (fast math, Eigen/oneDNN/XNNPACK dots, YNNPACK
+element-wise fusions) helped. On accelerators use compute_dtype='bfloat16'.
 
-Frozen weights get no weight gradients in either formulation (they are not
-differentiated), so the work is forward + input-gradient backward + the tiny
-LoRA outer products. Rows are streamed into a `GradientStore` chunk by chunk;
-a killed extraction resumes from the last committed chunk.
+Rows are streamed into a `GradientStore` chunk by chunk; a killed extraction
+resumes from the last committed chunk.
 """
 
 from __future__ import annotations
@@ -400,9 +414,9 @@ def _empty_like(slab: Slab) -> Slab:
 
 
 def group_calls(slabs: Sequence[Slab], slabs_per_call: int) -> list[Slab]:
-  """Stacks same-shape slabs into calls of `slabs_per_call` (leading axis).
+  """Stacks same-shape slabs into calls of at most `slabs_per_call`.
 
-  A short last group is filled with empty slabs, which the jitted function
+  A short last call is filled with empty slabs, which the jitted function
   skips (`lax.cond`), so they cost no compute.
   """
   by_shape: dict[tuple, list[Slab]] = {}
@@ -410,9 +424,12 @@ def group_calls(slabs: Sequence[Slab], slabs_per_call: int) -> list[Slab]:
     by_shape.setdefault(s.shape, []).append(s)
   calls = []
   for group in by_shape.values():
-    for c in range(0, len(group), slabs_per_call):
-      part = list(group[c : c + slabs_per_call])
-      part += [_empty_like(part[0])] * (slabs_per_call - len(part))
+    # Balanced: one call size per shape (one compilation), few empty slabs.
+    n_calls = -(-len(group) // slabs_per_call)
+    size = -(-len(group) // n_calls)
+    for c in range(0, len(group), size):
+      part = list(group[c : c + size])
+      part += [_empty_like(part[0])] * (size - len(part))
       calls.append(Slab(*[np.stack(x) for x in zip(*part)]))
   return calls
 

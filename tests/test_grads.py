@@ -55,18 +55,25 @@ def make_docs(n, seed=0, lengths=(17, 40), vocab=256):
   return docs
 
 
-def reference_rows(mdef, base, lora, docs):
-  """One document at a time at its own length, full logits, plain jax.grad."""
-
+@functools.lru_cache(maxsize=None)
+def _reference_fn(mdef):
   @jax.jit
-  def row(lora, tokens, mask):
+  def row(lora, base, tokens, mask):
     def loss(l):
       logits = lora_lib.merge(mdef, base, l)(tokens[None])
       return summed_ce(logits, tokens[None], mask[None])[0]
 
     return lora_lib.flatten(jax.grad(loss)(lora))
 
-  return np.stack([np.asarray(row(lora, d.tokens, d.loss_mask)) for d in docs])
+  return row
+
+
+def reference_rows(mdef, base, lora, docs):
+  """One document at a time at its own length, full logits, plain jax.grad."""
+  row = _reference_fn(mdef)
+  return np.stack(
+    [np.asarray(row(lora, base, d.tokens, d.loss_mask)) for d in docs]
+  )
 
 
 def rel_err(a, b):
@@ -152,8 +159,7 @@ class PlanTest(absltest.TestCase):
         rows, width, groups, loss_width, _ = s.shape
         self.assertEqual(rows % 2, 0)
         self.assertEqual(width % 16, 0)
-        # Every scored position holds a real token and predicts the next one.
-        flat = s.tokens.reshape(groups, -1)
+        # Every scored position is a real token of the slab.
         seg = s.segments.reshape(groups, -1)
         real = s.weight > 0
         idx = s.index[real]
@@ -161,7 +167,16 @@ class PlanTest(absltest.TestCase):
         self.assertTrue((seg[g, idx] > 0).all())
       n_loss = sum(int((s.weight > 0).sum()) for s in slabs)
       self.assertEqual(n_loss, sum(p.n_loss for p in prepared))
-      del flat
+
+  def test_group_calls_balanced_with_empty_slabs(self):
+    docs = make_docs(10, seed=4, lengths=(20,))
+    prepared = [grads._prepare(d.tokens, d.loss_mask) for d in docs]
+    slabs = grads.plan_slabs(prepared, list(range(10)), tokens_per_slab=64)
+    self.assertLen(slabs, 5)  # 2 rows of 32 tokens each
+    calls = grads.group_calls(slabs, 2)
+    self.assertEqual([c.tokens.shape[0] for c in calls], [2, 2, 2])
+    empty = [(c.weight[i] == 0).all() for c in calls for i in range(2)]
+    self.assertEqual(sum(empty), 1)
 
   def test_document_cut_after_last_scored_position(self):
     tokens = np.arange(10, dtype=np.int32)
@@ -192,12 +207,14 @@ def slow_append(ids, rows):  # commit, report, then give the parent time
   return n
 
 store.append_chunk = slow_append
-ex = grads.GradientExtractor(mdef, base, lora, **t.EXTRACT_KW)
+ex = grads.GradientExtractor(mdef, base, lora, **t.KILL_KW)
 grads.extract_to_store(ex, t.store_docs(), store, chunk_size=2, progress=False)
 """
 
 # Several shapes and several slabs per call (lax.map, skipped empty slabs).
 EXTRACT_KW = {'tokens_per_slab': 100, 'slabs_per_call': 2}
+# One slab per run (fewer compilations); chunk_size=2 still gives 6 chunks.
+KILL_KW = {'tokens_per_slab': 4096}
 
 
 def store_docs():
@@ -218,11 +235,11 @@ class StoreTest(absltest.TestCase):
     self.split = make_split('llama')
     self.layout = layout_from_tree(self.split[2])
 
-  def _extract(self, path, **kw):
+  def _extract(self, path, kw=EXTRACT_KW):
     store = GradientStore.open_or_create(path, self.layout)
-    ex = grads.GradientExtractor(*self.split, **EXTRACT_KW)
+    ex = grads.GradientExtractor(*self.split, **kw)
     stats = grads.extract_to_store(
-      ex, store_docs(), store, chunk_size=2, progress=False, **kw
+      ex, store_docs(), store, chunk_size=2, progress=False
     )
     return stats, GradientStore.open(path)
 
@@ -271,14 +288,14 @@ class StoreTest(absltest.TestCase):
     self.assertGreaterEqual(before.n_rows, 2)
     self.assertLess(before.n_rows, 11)  # killed mid-way
 
-    stats, resumed = self._extract(path)
+    stats, resumed = self._extract(path, KILL_KW)
     # Finished chunks (and the recorded skip) were not recomputed.
     self.assertEqual(stats['n_resumed'], n_before)
     self.assertEqual(stats['n_computed'], 11 - before.n_rows)
     ids = list(resumed.ids)
     self.assertLen(set(ids), len(ids))  # no duplicates
     self.assertEqual(resumed.skipped, {'doc-004': grads.NO_TARGET_REASON})
-    _, whole = self._extract(os.path.join(self.dir, 'whole'))
+    _, whole = self._extract(os.path.join(self.dir, 'whole'), KILL_KW)
     self.assertCountEqual(ids, whole.ids)
     # The resumed run lays out fewer docs in different slabs: fp32 round-off.
     self.assertLess(rel_err(resumed.rows(ids), whole.rows(ids)).max(), 1e-5)
