@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import tempfile
+from unittest import mock
 
 import jax
 import jax.numpy as jnp
@@ -138,7 +139,7 @@ class GenerateTest(absltest.TestCase):
     )
 
   def test_new_lora_reuses_the_compiled_loop(self):
-    key = ('generate', len(self.prompts), 16, N_NEW, 'greedy')
+    key = ('decode', len(self.prompts), 16 + N_NEW - 1, 16, 'greedy')
     before = gen.TRACE_COUNTS[key]
     self.assertGreaterEqual(before, 1)
     steered = lora_lib.init_lora(self.lora, seed=0, b_std=0.5)
@@ -187,6 +188,87 @@ class GenerateTest(absltest.TestCase):
       gen.generate(
         self.mdef, self.base, self.lora, [[5]], max_new_tokens=600, eos_ids=()
       )
+
+  def _generator(self, batch_size=None, **kw):
+    return gen.Generator(
+      self.mdef, self.base, batch_size=batch_size, progress=False, **kw
+    )
+
+  def _variants(self, n):
+    return [lora_lib.init_lora(self.lora, seed=s, b_std=0.3) for s in range(n)]
+
+  def test_generate_variants_equals_one_adapter_at_a_time(self):
+    loras = [self.lora] + self._variants(4)
+    free = self._generator().generate_variants(
+      loras, self.prompts, max_new_tokens=N_NEW
+    )
+    # Stop ids taken from the answers at varied steps, so that rows stop at
+    # different times and compaction runs.
+    eos = tuple(
+      {free[j][i][2 + 3 * ((i + j) % 9)] for j in range(5) for i in range(3)}
+    )
+    # 15 rows (adapter, prompt) in calls of ≤ 8 rows, decoded in segments
+    # of 4 steps with compaction down to 2 rows: rows of different adapters
+    # share calls and are dropped as they stop.
+    g = self._generator(max_rows=8, segment=4, min_rows=2, eos_ids=eos)
+    rows_seen = []
+    segment = gen.decode.decode_segment
+
+    def spy(*args, **kwargs):
+      rows_seen.append(args[4]['tok'].shape[0])
+      return segment(*args, **kwargs)
+
+    with mock.patch.object(gen.decode, 'decode_segment', spy):
+      out = g.generate_variants(loras, self.prompts, max_new_tokens=N_NEW)
+    self.assertIn(8, rows_seen)
+    self.assertLess(min(rows_seen), 8)  # compacted batches ran
+    single = self._generator(eos_ids=eos)
+    for lora, got in zip(loras, out):
+      self.assertEqual(
+        got, single.generate(lora, self.prompts, max_new_tokens=N_NEW)
+      )
+    self.assertEqual(
+      out[0], [self.greedy[i][: len(out[0][i])] for i in range(3)]
+    )
+    self.assertNotEqual(out[1], out[2])
+    # Rows did stop at different steps.
+    self.assertGreater(len({len(o) for per in out for o in per}), 3)
+
+  def test_sequence_kl_matches_explicit_kl(self):
+    reference, other = self.lora, self._variants(1)[0]
+    conts = [self.greedy[0][:5], self.greedy[1][:12], []]
+    kl = self._generator(batch_size=2).sequence_kl(
+      reference, [reference, other], self.prompts, conts, n_tokens=8
+    )
+    self.assertEqual(kl.shape, (2, 3))
+    # KL of a model to itself: the stacked adapter runs a batched einsum
+    # instead of a matmul, so the two log-softmaxes differ by fp32 rounding
+    # (~1e-7 nats measured); real steering KLs are ≥ 1e-3.
+    np.testing.assert_array_less(np.abs(kl[0]), 1e-5)
+    for i, (prompt, cont) in enumerate(zip(self.prompts, conts)):
+      seq = jnp.asarray([prompt + cont[:7]])
+      lp = [
+        jax.nn.log_softmax(
+          lora_lib.merge(self.mdef, self.base, t)(seq)[0], axis=-1
+        )
+        for t in (reference, other)
+      ]
+      n = min(8, len(cont) + 1)
+      rows = slice(len(prompt) - 1, len(prompt) - 1 + n)
+      p, q = np.asarray(lp[0][rows], np.float64), np.asarray(lp[1][rows])
+      expected = np.mean(np.sum(np.exp(p) * (p - q), axis=-1))
+      # fp32 log-softmax over 256 ids, padded vs unpadded matmul shapes:
+      # ~1e-6 absolute on each log-prob, KLs here are ~1e-1.
+      self.assertGreater(expected, 1e-3)
+      np.testing.assert_allclose(kl[1, i], expected, rtol=1e-3, atol=1e-5)
+    first = self._generator().sequence_kl(
+      reference, [other], self.prompts, conts, n_tokens=1
+    )[0]
+    base_lp = self._generator().next_token_logprobs(reference, self.prompts)
+    other_lp = self._generator().next_token_logprobs(other, self.prompts)
+    p = base_lp.astype(np.float64)
+    expected = np.sum(np.exp(p) * (p - other_lp), axis=-1)
+    np.testing.assert_allclose(first, expected, rtol=1e-3, atol=1e-5)
 
   def test_bucket_length(self):
     self.assertEqual(gen.bucket_length(1), 16)

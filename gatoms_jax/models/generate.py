@@ -1,21 +1,24 @@
 """Batched autoregressive generation with a KV cache (greedy or top-p sampling).
 
 Used to read steered models (θ ± α·v on the LoRA parameters) and to guard
-steering with the KL divergence of the next-token distribution. The LoRA tree
-is a separate argument of every jitted function, so a modified adapter of the
-same shapes reuses the compiled code.
+steering with the KL divergence to the unsteered model. The jitted kernels
+live in `gatoms_jax.models.decode`; this module drives them from the host:
 
-Layout of one batch (B rows, prompts LEFT-padded to a bucketed length P):
+* prompts are sorted by length and LEFT-padded to a power-of-two bucket P
+  (at least `min_bucket`), so one compilation serves many prompts;
+* decoding runs in segments of `segment` steps; between segments the rows
+  that have stopped are dropped and the rest gathered into the next smaller
+  power-of-two batch (at least `min_rows`), so short answers stop costing
+  compute while long ones finish — on a CPU the attention over the cache and
+  the matmuls both scale with the number of rows;
+* `generate_variants` runs several adapters at once: their trees are stacked
+  and every row selects its adapter with a one-hot weight
+  (`transformer._lora_matmul`), so rows of different adapters share batches;
+* `sequence_kl` scores stacked adapters against a reference adapter along
+  fixed continuations (teacher forcing): the steering guard.
 
-  slots 0..P-1      prompt (pads: valid=False), written by one prefill call
-  slots P..P+N-2    generated tokens 0..N-2, one per decode step
-
-Positions are `cumsum(valid) - 1`, so every row's prompt starts at position 0
-whatever its padding, and generated token i of a row sits at position
-`len(prompt) + i`. The whole decode runs in one `lax.while_loop` inside one
-jit, stops each row at its first EOS id and exits when every row has stopped.
-Compiled code is cached by jax.jit per (mode, B, P, N); P is rounded up to a
-power of two (at least `min_bucket`) to bound the number of compilations.
+Compiled code is cached by jax.jit per (mode, rows, P, slots, segment); a
+new LoRA tree of the same shapes reuses it.
 
 Memory: the cache holds 2·L·B·S·kv·hd elements (keys and values of L layers,
 S = P + N - 1 slots, kv heads of width hd) in the model's dtype; e.g. SmolLM2-
@@ -25,8 +28,6 @@ S = P + N - 1 slots, kv heads of width hd) in the model's dtype; e.g. SmolLM2-
 
 from __future__ import annotations
 
-import collections
-import functools
 import json
 import os
 from typing import Any, Optional, Sequence
@@ -37,16 +38,13 @@ import numpy as np
 import tqdm
 from absl import logging
 
+from gatoms_jax.models import decode
 from gatoms_jax.models import lora as lora_lib
-from gatoms_jax.models.transformer import init_cache
 
 Array = jax.Array
 PyTree = Any
 
-# Number of times each jitted function was traced, keyed by
-# (name, batch, prompt bucket, max_new_tokens, mode); tests use it to check
-# that a new LoRA tree of the same shapes does not recompile.
-TRACE_COUNTS: collections.Counter = collections.Counter()
+TRACE_COUNTS = decode.TRACE_COUNTS
 
 # Special tokens that end a text or a turn in the model families we load.
 # Stopping at any of them is always right for chat use, and covers models whose
@@ -68,135 +66,9 @@ def bucket_length(n: int, min_bucket: int = 16) -> int:
   return max(min_bucket, 1 << max(0, int(n) - 1).bit_length())
 
 
-def _positions(valid: Array) -> Array:
-  # Left pads get position 0 (clipped from -1); they are masked as keys.
-  return jnp.maximum(jnp.cumsum(valid, axis=1) - 1, 0).astype(jnp.int32)
-
-
-def _top_p_filter(logits: Array, top_p: Array) -> Array:
-  """Keeps the smallest set of tokens whose probability reaches top_p.
-
-  Same rule as transformers' TopPLogitsWarper: a token is kept iff the
-  probability mass of strictly more likely tokens is < top_p (so the most
-  likely token always survives). Ties at the threshold are kept together.
-  """
-  sorted_logits = jnp.sort(logits, axis=-1)[..., ::-1]
-  probs = jax.nn.softmax(sorted_logits, axis=-1)
-  mass_before = jnp.cumsum(probs, axis=-1) - probs
-  keep = mass_before < top_p
-  threshold = jnp.min(
-    jnp.where(keep, sorted_logits, jnp.inf), axis=-1, keepdims=True
-  )
-  return jnp.where(logits >= threshold, logits, -jnp.inf)
-
-
-def _pick(
-  logits: Array,
-  row_keys: Array,
-  step: Array,
-  temperature: Array,
-  top_p: Array,
-  mode: str,
-) -> Array:
-  """Next token per row: argmax ('greedy') or a sample ('sample', 'top_p')."""
-  if mode == 'greedy':
-    return jnp.argmax(logits, axis=-1).astype(jnp.int32)
-  scaled = logits / temperature
-  if mode == 'top_p':
-    scaled = _top_p_filter(scaled, top_p)
-  keys = jax.vmap(jax.random.fold_in, (0, None))(row_keys, step)
-  return jax.vmap(jax.random.categorical)(keys, scaled).astype(jnp.int32)
-
-
-@functools.partial(jax.jit, static_argnames=('mdef', 'max_new_tokens', 'mode'))
-def _generate_batch(
-  mdef: lora_lib.ModelDef,
-  base: PyTree,
-  lora: PyTree,
-  tokens: Array,
-  valid: Array,
-  done: Array,
-  row_keys: Array,
-  eos_ids: Array,
-  temperature: Array,
-  top_p: Array,
-  *,
-  max_new_tokens: int,
-  mode: str,
-) -> Array:
-  """Generates up to N tokens for one left-padded batch.
-
-  Args:
-    mdef, base, lora: the split model.
-    tokens, valid: int32/bool [B, P] left-padded prompts.
-    done: bool [B], rows that are padding (never generate).
-    row_keys: [B] PRNG keys, one per prompt (sampling only).
-    eos_ids: int32 [k] ids that end a row (-1: padding).
-    temperature, top_p: float32 scalars (sampling only).
-    max_new_tokens: N.
-    mode: 'greedy', 'sample' or 'top_p'.
-
-  Returns:
-    int32 [B, N]: generated ids; -1 after a row's EOS (the EOS is kept).
-  """
-  b, p = tokens.shape
-  n = max_new_tokens
-  TRACE_COUNTS['generate', b, p, n, mode] += 1
-  model = lora_lib.merge(mdef, base, lora)
-  dtype = model.embed_tokens[...].dtype
-  cache = init_cache(mdef.config, b, p + n - 1, dtype)
-  hidden, cache = model.hidden_states(
-    tokens, _positions(valid), valid, cache=cache, cache_index=0
-  )
-  lengths = jnp.sum(valid, axis=1).astype(jnp.int32)
-
-  def is_eos(tok):
-    return jnp.any(tok[:, None] == eos_ids[None, :], axis=-1)
-
-  def emit(logits, step, done, out):
-    tok = _pick(logits, row_keys, step, temperature, top_p, mode)
-    tok = jnp.where(done, -1, tok)
-    out = out.at[:, step].set(tok)
-    return tok, done | is_eos(tok), out
-
-  out = jnp.full((b, n), -1, jnp.int32)
-  logits = model.logits(hidden[:, -1])
-  tok, done, out = emit(logits, 0, done, out)
-
-  def cond(state):
-    step, _, _, done, _ = state
-    return (step < n) & ~jnp.all(done)
-
-  def body(state):
-    step, cache, tok, done, out = state
-    # Merging is free at run time; doing it here keeps NNX objects from
-    # crossing the while_loop trace boundary.
-    m = lora_lib.merge(mdef, base, lora)
-    x = jnp.maximum(tok, 0)[:, None]  # finished rows feed a dummy id
-    pos = (lengths + step - 1)[:, None]
-    hidden, cache = m.hidden_states(
-      x, pos, jnp.ones_like(x, bool), cache=cache, cache_index=p + step - 1
-    )
-    tok, done, out = emit(m.logits(hidden[:, 0]), step, done, out)
-    return step + 1, cache, tok, done, out
-
-  state = (jnp.asarray(1, jnp.int32), cache, tok, done, out)
-  return jax.lax.while_loop(cond, body, state)[-1]
-
-
-@functools.partial(jax.jit, static_argnames=('mdef',))
-def _next_logprobs_batch(
-  mdef: lora_lib.ModelDef,
-  base: PyTree,
-  lora: PyTree,
-  tokens: Array,
-  valid: Array,
-) -> Array:
-  """log p(next token | prompt) for left-padded prompts: fp32 [B, V]."""
-  TRACE_COUNTS['logprobs', tokens.shape[0], tokens.shape[1]] += 1
-  model = lora_lib.merge(mdef, base, lora)
-  hidden, _ = model.hidden_states(tokens, _positions(valid), valid)
-  return jax.nn.log_softmax(model.logits(hidden[:, -1]), axis=-1)
+def stack_trees(trees: Sequence[PyTree]) -> PyTree:
+  """n trees of the same structure → one tree with leaves (n, ...)."""
+  return jax.tree.map(lambda *xs: jnp.stack(xs), *trees)
 
 
 def _check_prompts(prompts: Sequence[Sequence[int]], vocab_size: int) -> None:
@@ -209,6 +81,18 @@ def _check_prompts(prompts: Sequence[Sequence[int]], vocab_size: int) -> None:
         f'prompt {i} has token id {lo if lo < 0 else hi} outside the '
         f'vocabulary [0, {vocab_size})'
       )
+
+
+def _left_pad(rows: Sequence[Sequence[int]], width: int):
+  tokens = np.zeros((len(rows), width), np.int32)
+  valid = np.zeros((len(rows), width), bool)
+  for r, ids in enumerate(rows):
+    if len(ids):
+      tokens[r, width - len(ids) :] = ids
+      valid[r, width - len(ids) :] = True
+    else:  # padding row: a one-token prompt keeps its attention defined
+      valid[r, -1] = True
+  return tokens, valid
 
 
 def _batches(
@@ -226,35 +110,44 @@ def _batches(
   for start in range(0, len(order), batch_size):
     idx = order[start : start + batch_size]
     p = bucket_length(max(len(prompts[i]) for i in idx), min_bucket)
-    tokens = np.zeros((batch_size, p), np.int32)
-    valid = np.zeros((batch_size, p), bool)
     indices = np.full((batch_size,), -1, np.int64)
-    for row, i in enumerate(idx):
-      ids = np.asarray(prompts[i], np.int32)
-      tokens[row, p - len(ids) :] = ids
-      valid[row, p - len(ids) :] = True
-      indices[row] = i
-    # Padding rows get a one-token prompt so their attention is well defined.
-    valid[len(idx) :, -1] = True
+    indices[: len(idx)] = idx
+    rows = [prompts[i] for i in idx] + [[]] * (batch_size - len(idx))
+    tokens, valid = _left_pad(rows, p)
     out.append((indices, tokens, valid, indices < 0))
   return out
 
 
+def _next_pow2(n: int) -> int:
+  return 1 << max(0, int(n) - 1).bit_length()
+
+
+def _strip(row: Sequence[int], eos_ids: Sequence[int]) -> list[int]:
+  out = []
+  for t in row:
+    if t < 0 or t in eos_ids:
+      break
+    out.append(int(t))
+  return out
+
+
 class Generator:
-  """Generation and next-token log-probs for one model, any LoRA tree.
+  """Generation, KL scoring and next-token log-probs for one model.
 
   Holds the frozen parts (model def, base weights) and the size knobs; the
-  LoRA tree is an argument of every call. Compiled code lives in jax.jit's
-  cache, keyed by (mode, batch, prompt bucket, max_new_tokens) and by the
-  identity of `mdef`, so steering loops over many LoRA trees compile once.
+  LoRA tree is an argument of every call, so steering loops over many LoRA
+  trees compile once.
 
   Args:
     mdef, base: from `gatoms_jax.models.lora.split(model)`.
     eos_ids: ids that end a generation (see `eos_token_ids`).
-    batch_size: rows per batch; None: all prompts of a call in one batch,
-      capped at 32 (cache memory grows linearly with it, see module doc).
+    batch_size: prompts per batch (rows for one adapter); None: all prompts
+      of a call, capped at 32 (cache memory grows linearly, see module doc).
     min_bucket: smallest padded prompt length.
-    progress: show a tqdm bar over batches.
+    segment: decode steps between row compactions.
+    min_rows: smallest batch that compaction shrinks to.
+    max_rows: rows per call with several adapters (adapters × prompts).
+    progress: show a tqdm bar over calls.
   """
 
   def __init__(
@@ -265,13 +158,26 @@ class Generator:
     eos_ids: Sequence[int] = (),
     batch_size: Optional[int] = None,
     min_bucket: int = 16,
+    segment: int = 16,
+    min_rows: int = 8,
+    max_rows: int = 256,
     progress: bool = True,
   ):
+    for name, value in (
+      ('segment', segment),
+      ('min_rows', min_rows),
+      ('max_rows', max_rows),
+    ):
+      if value < 1:
+        raise ValueError(f'{name} must be ≥ 1, got {value}')
     self.mdef = mdef
     self.base = base
     self.eos_ids = tuple(sorted({int(i) for i in eos_ids}))
     self.batch_size = batch_size
     self.min_bucket = min_bucket
+    self.segment = segment
+    self.min_rows = min_rows
+    self.max_rows = max_rows
     self.progress = progress
 
   def _batch_size(self, n: int) -> int:
@@ -280,6 +186,32 @@ class Generator:
         raise ValueError(f'batch_size must be ≥ 1, got {self.batch_size}')
       return min(self.batch_size, n)
     return min(n, 32)
+
+  def _eos_array(self) -> Array:
+    # Padded with -1 (never a token) to a multiple of 8: changing the stop set
+    # does not recompile.
+    eos = np.full((-(-max(len(self.eos_ids), 1) // 8) * 8,), -1, np.int32)
+    eos[: len(self.eos_ids)] = self.eos_ids
+    return jnp.asarray(eos)
+
+  def _check(self, prompts, max_new_tokens, temperature, top_p) -> str:
+    config = self.mdef.config
+    _check_prompts(prompts, config.vocab_size)
+    if max_new_tokens < 1:
+      raise ValueError(f'max_new_tokens must be ≥ 1, got {max_new_tokens}')
+    if temperature < 0:
+      raise ValueError(f'temperature must be ≥ 0, got {temperature}')
+    if not 0.0 < top_p <= 1.0:
+      raise ValueError(f'top_p must be in (0, 1], got {top_p}')
+    longest = max(len(p) for p in prompts) + max_new_tokens
+    if longest > config.max_position_embeddings:
+      raise ValueError(
+        f'prompt + max_new_tokens reaches {longest} tokens, more than the '
+        f"model's max_position_embeddings={config.max_position_embeddings}"
+      )
+    return (
+      'greedy' if temperature == 0 else ('top_p' if top_p < 1 else 'sample')
+    )
 
   def generate(
     self,
@@ -310,63 +242,244 @@ class Generator:
     """
     if not prompts:
       return []
-    config = self.mdef.config
-    _check_prompts(prompts, config.vocab_size)
-    if max_new_tokens < 1:
-      raise ValueError(f'max_new_tokens must be ≥ 1, got {max_new_tokens}')
-    if temperature < 0:
-      raise ValueError(f'temperature must be ≥ 0, got {temperature}')
-    if not 0.0 < top_p <= 1.0:
-      raise ValueError(f'top_p must be in (0, 1], got {top_p}')
-    longest = max(len(p) for p in prompts) + max_new_tokens
-    if longest > config.max_position_embeddings:
-      raise ValueError(
-        f'prompt + max_new_tokens reaches {longest} tokens, more than the '
-        f"model's max_position_embeddings={config.max_position_embeddings}"
-      )
-    mode = (
-      'greedy' if temperature == 0 else ('top_p' if top_p < 1 else 'sample')
-    )
-    # Padded with -1 (never a token) to a multiple of 8: changing the stop set
-    # does not recompile.
-    eos = np.full((-(-max(len(self.eos_ids), 1) // 8) * 8,), -1, np.int32)
-    eos[: len(self.eos_ids)] = self.eos_ids
-    eos = jnp.asarray(eos)
+    mode = self._check(prompts, max_new_tokens, temperature, top_p)
+    jobs = [(None, i) for i in range(len(prompts))]
+    per_call = self._batch_size(len(prompts))
+    return self._run(
+      lora, None, prompts, jobs, per_call, max_new_tokens, mode,
+      (temperature, top_p), seed,
+    )  # fmt: skip
+
+  def generate_variants(
+    self,
+    loras: Sequence[PyTree],
+    prompts: Sequence[Sequence[int]],
+    *,
+    max_new_tokens: int,
+    temperature: float = 0.0,
+    top_p: float = 1.0,
+    seed: int = 0,
+  ) -> list[list[list[int]]]:
+    """`generate` for several adapters at once (e.g. steering variants).
+
+    Rows (adapter, prompt) of all adapters share batches of up to
+    `max_rows`; each row selects its adapter. Results equal `generate` per
+    adapter up to fp32 summation order; a sample depends on the prompt index
+    and the seed only, as in `generate`.
+
+    Args:
+      loras: LoRA trees of one structure and shapes.
+      prompts: token ids per prompt.
+      max_new_tokens, temperature, top_p, seed: as in `generate`.
+
+    Returns:
+      [adapter][prompt] → generated ids.
+    """
+    if not loras:
+      return []
+    if not prompts:
+      return [[] for _ in loras]
+    mode = self._check(prompts, max_new_tokens, temperature, top_p)
+    jobs = [(j, i) for j in range(len(loras)) for i in range(len(prompts))]
+    flat = self._run(
+      stack_trees(loras), len(loras), prompts, jobs, self.max_rows,
+      max_new_tokens, mode, (temperature, top_p), seed,
+    )  # fmt: skip
+    n = len(prompts)
+    return [flat[j * n : (j + 1) * n] for j in range(len(loras))]
+
+  def _run(
+    self, lora, n_adapters, prompts, jobs, per_call, max_new_tokens, mode,
+    sampling, seed,
+  ) -> list[list[int]]:  # fmt: skip
+    """Generates every job (adapter index or None, prompt index), in order.
+
+    Jobs are sorted by prompt length and cut into calls of ≤ `per_call`
+    rows that share one prompt bucket.
+    """
+    order = sorted(range(len(jobs)), key=lambda r: -len(prompts[jobs[r][1]]))
+    calls, start = [], 0
+    while start < len(order):
+      p = bucket_length(len(prompts[jobs[order[start]][1]]), self.min_bucket)
+      stop = start
+      while (
+        stop < len(order)
+        and stop - start < per_call
+        and bucket_length(len(prompts[jobs[order[stop]][1]]), self.min_bucket)
+        == p
+      ):
+        stop += 1
+      calls.append((p, order[start:stop]))
+      start = stop
     key = jax.random.key(seed)
-    temp = jnp.float32(max(temperature, 1e-30))
-    nucleus = jnp.float32(top_p)
-    results: list[list[int]] = [[] for _ in prompts]
-    batches = _batches(prompts, self._batch_size(len(prompts)), self.min_bucket)
-    bar = tqdm.tqdm(
-      batches,
-      desc='generate',
-      unit='batch',
-      leave=False,
-      disable=not self.progress or len(batches) == 1,
+    eos = self._eos_array()
+    sampling = (
+      jnp.float32(max(sampling[0], 1e-30)),
+      jnp.float32(sampling[1]),
     )
-    for indices, tokens, valid, padding in bar:
-      row_keys = jax.vmap(jax.random.fold_in, (None, 0))(
-        key, jnp.asarray(np.maximum(indices, 0), jnp.uint32)
+    results: list[list[int]] = [[] for _ in jobs]
+    bar = tqdm.tqdm(
+      calls,
+      desc='generate',
+      unit='call',
+      leave=False,
+      disable=not self.progress or len(calls) == 1,
+    )
+    for p, rows in bar:
+      # Single adapter: every call has per_call rows (padding rows), so all
+      # calls of a bucket share one compilation.
+      n_rows = per_call if n_adapters is None else _padded_rows(len(rows))
+      row_ids = np.full((n_rows,), -1, np.int64)
+      row_ids[: len(rows)] = rows
+      tokens, valid = _left_pad(
+        [prompts[jobs[r][1]] for r in rows] + [[]] * (n_rows - len(rows)), p
       )
-      out = _generate_batch(
-        self.mdef,
-        self.base,
-        lora,
-        jnp.asarray(tokens),
-        jnp.asarray(valid),
-        jnp.asarray(padding),
-        row_keys,
-        eos,
-        temp,
-        nucleus,
-        max_new_tokens=max_new_tokens,
-        mode=mode,
-      )
-      out = np.asarray(out)
-      for row, i in enumerate(indices):
-        if i >= 0:
-          results[i] = _strip(out[row], self.eos_ids)
+      prompt_idx = np.array([jobs[r][1] if r >= 0 else 0 for r in row_ids])
+      weights = None
+      if n_adapters is not None:
+        adapter = np.array([jobs[r][0] if r >= 0 else 0 for r in row_ids])
+        weights = jnp.asarray(np.eye(n_adapters, dtype=np.float32)[adapter])
+      for r, ids in zip(
+        row_ids,
+        self._decode_call(
+          lora, weights, tokens, valid, row_ids < 0, prompt_idx, key, eos,
+          sampling, max_new_tokens, mode,
+        ),
+      ):  # fmt: skip
+        if r >= 0:
+          results[r] = ids
     return results
+
+  def _decode_call(
+    self, lora, weights, tokens, valid, padding, prompt_idx, key, eos,
+    sampling, max_new_tokens, mode,
+  ) -> list[list[int]]:  # fmt: skip
+    """Prefill + decode segments with row compaction for one batch."""
+    n_rows, p = tokens.shape
+    row_keys = jax.vmap(jax.random.fold_in, (None, 0))(
+      key, jnp.asarray(prompt_idx, jnp.uint32)
+    )
+    state = decode.prefill(
+      self.mdef, self.base, lora, weights, jnp.asarray(tokens),
+      jnp.asarray(valid), jnp.asarray(padding), row_keys, eos, sampling,
+      n_slots=p + max_new_tokens - 1, mode=mode,
+    )  # fmt: skip
+    outs: list[list[int]] = [[] for _ in range(n_rows)]
+    live = np.arange(n_rows)  # batch row → row of this call
+    tok = np.asarray(state['tok'])
+    done = np.asarray(state['done'])
+    for b in range(n_rows):
+      if tok[b] >= 0:
+        outs[b].append(int(tok[b]))
+    step = 1
+    while step < max_new_tokens and not done.all():
+      state, seg = decode.decode_segment(
+        self.mdef, self.base, lora, weights, state, row_keys, eos, sampling,
+        jnp.int32(step), jnp.int32(p), jnp.int32(max_new_tokens - 1),
+        n_steps=self.segment, mode=mode,
+      )  # fmt: skip
+      seg = np.asarray(seg)
+      for b, row in enumerate(live):
+        new = seg[b][seg[b] >= 0]
+        if row >= 0 and new.size:
+          outs[row].extend(int(t) for t in new)
+      step += self.segment
+      done = np.asarray(state['done'])
+      running = np.nonzero(~done)[0]
+      size = max(self.min_rows, _next_pow2(len(running)))
+      if 0 < len(running) and size < len(live):
+        # Keep the running rows; fill up with a stopped row (stays stopped).
+        filler = np.nonzero(done)[0][0]
+        keep = np.concatenate(
+          [running, np.full(size - len(running), filler)]
+        ).astype(np.int32)
+        gathered = decode.gather_rows(
+          (state, row_keys, weights), jnp.asarray(keep)
+        )
+        state, row_keys, weights = gathered
+        live = live[keep]
+        live[len(running) :] = -1
+        done = np.asarray(state['done'])
+    return [_strip(o, self.eos_ids) for o in outs]
+
+  def sequence_kl(
+    self,
+    reference: PyTree,
+    loras: Sequence[PyTree],
+    prompts: Sequence[Sequence[int]],
+    continuations: Sequence[Sequence[int]],
+    *,
+    n_tokens: int,
+  ) -> np.ndarray:
+    """Per-token KL(reference ‖ adapter) along fixed continuations.
+
+    Every prompt is followed by its continuation (e.g. the reference's own
+    greedy answer), cut to `n_tokens`; the next-token distributions of the
+    reference and of each adapter are compared at the first
+    min(n_tokens, len + 1) positions (position j predicts continuation token
+    j; the last one the end of the answer). n_tokens = 1 is the KL of the
+    first generated token.
+
+    Args:
+      reference: the LoRA tree the KL is measured from.
+      loras: adapters to score (same structure).
+      prompts: token ids per prompt.
+      continuations: token ids per prompt (EOS stripped).
+      n_tokens: scored positions per prompt at most (≥ 1).
+
+    Returns:
+      fp32 [len(loras), len(prompts)]: mean KL per scored position, nats.
+    """
+    if n_tokens < 1:
+      raise ValueError(f'n_tokens must be ≥ 1, got {n_tokens}')
+    if len(continuations) != len(prompts):
+      raise ValueError('one continuation per prompt is needed')
+    result = np.zeros((len(loras), len(prompts)), np.float32)
+    if not loras or not prompts:
+      return result
+    _check_prompts(prompts, self.mdef.config.vocab_size)
+    per_batch = self._batch_size(len(prompts))
+    m = int(n_tokens)
+    # Adapters per call: ≤ max_rows rows and ≤ 2^27 log-probs (512 MB of
+    # fp32) at once, a power of two (few compilations, ≤ 2x padding).
+    vocab = self.mdef.config.vocab_size
+    fit = min(self.max_rows // per_batch, 2**27 // (per_batch * m * vocab))
+    group = 1 << max(0, fit).bit_length() - 1 if fit > 1 else 1
+    group = min(group, _next_pow2(len(loras)))
+    for indices, tokens, valid, _ in _batches(
+      prompts, per_batch, self.min_bucket
+    ):
+      p = tokens.shape[1]
+      seq = np.zeros((len(indices), p + m - 1), np.int32)
+      seq_valid = np.zeros_like(seq, bool)
+      seq[:, :p], seq_valid[:, :p] = tokens, valid
+      index = np.tile(
+        np.arange(p - 1, p - 1 + m, dtype=np.int32), (len(indices), 1)
+      )
+      weight = np.zeros((len(indices), m), np.float32)
+      for row, i in enumerate(indices):
+        if i < 0:
+          continue
+        cont = np.asarray(continuations[i][: m - 1], np.int32)
+        seq[row, p : p + len(cont)] = cont
+        seq_valid[row, p : p + len(cont)] = True
+        weight[row, : min(m, len(continuations[i]) + 1)] = 1.0
+      args = [jnp.asarray(x) for x in (seq, seq_valid, index, weight)]
+      keep = indices >= 0
+      counts = weight.sum(axis=1)
+      for start in range(0, len(loras), group):
+        chunk = list(loras[start : start + group])
+        n_real = len(chunk)
+        chunk += [chunk[0]] * (group - n_real)
+        sums = np.asarray(
+          decode.kl_sums(
+            self.mdef, self.base, reference, stack_trees(chunk), *args
+          )
+        )[:n_real]
+        result[start : start + n_real, indices[keep]] = (
+          sums[:, keep] / counts[keep]
+        )
+    return result
 
   def next_token_logprobs(
     self, lora: PyTree, prompts: Sequence[Sequence[int]]
@@ -384,7 +497,7 @@ class Generator:
       leave=False,
       disable=not self.progress or len(batches) == 1,
     ):
-      logp = _next_logprobs_batch(
+      logp = decode.next_logprobs(
         self.mdef, self.base, lora, jnp.asarray(tokens), jnp.asarray(valid)
       )
       logp = np.asarray(logp)
@@ -393,13 +506,9 @@ class Generator:
     return result
 
 
-def _strip(row: np.ndarray, eos_ids: Sequence[int]) -> list[int]:
-  out = []
-  for t in row.tolist():
-    if t < 0 or t in eos_ids:
-      break
-    out.append(t)
-  return out
+def _padded_rows(n: int) -> int:
+  """Rows of a multi-adapter call: n up to a multiple of 8 (few shapes)."""
+  return -(-n // 8) * 8
 
 
 def generate(
