@@ -112,8 +112,13 @@ def base_config() -> ml_collections.ConfigDict:
 
   c.projection = ml_collections.ConfigDict()
   c.projection.top_k = 50  # eigencomponents kept per LoRA matrix
-  c.projection.select_by = 'kfac'  # 'kfac' (λ_S⊗λ_A, the paper) | 'ekfac' (Λ)
-  c.projection.scale_by = 'kfac'  # eigenvalues used for 1/sqrt(|λ|+ε)
+  # Eigenvalues that rank (select_by) and whiten (scale_by) the eigenbasis
+  # entries: 'ekfac' = the corrected Λ = E[(Q_Sᵀ G Q_A)²], the exact Fisher
+  # diagonal in the Kronecker eigenbasis; 'kfac' = λ_S ⊗ λ_A, the paper's
+  # reference code. On the demo, whitening by Λ raised the 10-nearest-
+  # neighbour task agreement of projected gradients from 0.62 to 0.91.
+  c.projection.select_by = 'ekfac'
+  c.projection.scale_by = 'ekfac'
   c.projection.epsilon = 1e-6
 
   c.dictionary = ml_collections.ConfigDict()
@@ -160,21 +165,38 @@ def base_config() -> ml_collections.ConfigDict:
   c.steering.behaviors = ('yes_no', 'code', 'refusal', 'bullets', 'numbered')
   c.steering.prompts_path = ''  # JSONL {"prompt", "invites"} (+ "behavior")
   c.steering.prompts_per_behavior = 100
-  c.steering.alphas = (0.5, 1.0, 2.0, 5.0, 10.0)
   c.steering.max_new_tokens = 128
   c.steering.batch_size = 32
   c.steering.n_random_controls = 2
   c.steering.atoms_per_behavior = 1
   c.steering.atoms = ()  # atom ids to sweep for every behaviour; () = matched
-  c.steering.target_kl = 0.1  # KL (nats) of an α = 1 step on control prompts
-  c.steering.unproject = 'paper'  # 'paper' (× sqrt λ) | 'natural' (× 1/sqrt λ)
-  # Verdict (behaviors.steering_verdict): an α counts when the rate moves by
-  # ≥ min_shift_pp from the baseline, beats every random direction at ±α by
-  # control_margin_pp, and the guards hold (mean KL, degenerate fraction).
+  # Step sizes by effect, not by norm (a raw α means nothing across
+  # directions): every direction × {toward, away} is calibrated to each
+  # per-token KL level (nats) of KL(unsteered ‖ steered) along the unsteered
+  # model's answers to the control prompts (first kl_tokens tokens), so atoms
+  # and random controls are compared at equal disruption.
+  c.steering.kl_levels = (0.2, 0.4, 0.8)
+  c.steering.kl_tokens = 32
+  # Rows per generation call (variants × prompts; memory: the KV cache is
+  # ~9 MB a row for SmolLM2 at 64 + 128 slots) and the smallest padded
+  # prompt length (fewer prompt buckets, fewer compilations).
+  c.steering.max_rows = 256
+  c.steering.min_prompt_bucket = 64
+  # Atom → LoRA delta: 'natural' (× 1/sqrt λ: the natural-gradient step on
+  # the atom's documents within the kept eigenspace) or 'paper' (× sqrt λ:
+  # the atom mapped back to gradient coordinates, as in the paper).
+  c.steering.unproject = 'natural'
+  # Verdict (behaviors.steering_verdict): a variant counts when the rate
+  # moves by ≥ min_shift_pp from the baseline, by control_margin_pp more than
+  # every random control at the same KL level (either sign), and the guards
+  # hold (KL, degenerate fraction).
   c.steering.min_shift_pp = 30.0
   c.steering.control_margin_pp = 10.0
-  c.steering.max_kl = 1.0  # nats per token, KL(base ‖ steered)
-  c.steering.max_degenerate = 0.2  # fraction of outputs
+  # nats per token, KL(unsteered ‖ steered); levels are met within ±10%.
+  c.steering.max_kl = 1.0
+  # Degenerate (looping) outputs may rise by at most this fraction over the
+  # unsteered model's (a small model loops on some prompts unsteered).
+  c.steering.max_degenerate_increase = 0.2
   c.steering.shift_direction = 'either'  # increase | decrease | either
   # Degeneracy rule (text.is_degenerate): a repeated n-gram loop covering
   # > coverage of the tokens, or distinct-token ratio < min_distinct.

@@ -37,6 +37,9 @@ def get_config():
   c.finetune.checkpoint_every = 100
   c.finetune.eval_every = 100
   c.projection.top_k = 50
+  # The paper's reference code ranks and scales by the K-FAC product.
+  c.projection.select_by = 'kfac'
+  c.projection.scale_by = 'kfac'
   c.dictionary.n_atoms = 500
   c.dictionary.alpha = 0.1
   c.atoms.top_n = 20

@@ -409,6 +409,55 @@ def label_recovery(
   return n_label_values, recovered
 
 
+def knn_label_agreement(
+  rows: np.ndarray,
+  labels: Sequence[Any],
+  k: int = 10,
+  *,
+  max_rows: int = 20000,
+  chunk: int = 1024,
+  seed: int = 0,
+) -> tuple[float, dict[Any, float]]:
+  """How well a representation separates labels, before any dictionary.
+
+  For each row, the fraction of its k nearest rows (cosine) that share its
+  label; averaged over rows and per label. 1/(number of labels) is chance
+  for balanced labels. Beyond `max_rows` rows a seeded random subset is used
+  (the similarity is computed in blocks of `chunk` rows).
+
+  Args:
+    rows: (N, D) e.g. the projected gradients.
+    labels: evaluation-only label per row.
+    k: neighbours per row.
+    max_rows, chunk, seed: size bounds.
+
+  Returns:
+    (mean agreement, {label: mean agreement of its rows}).
+  """
+  x = np.asarray(rows, np.float32)
+  labels = np.asarray(labels, dtype=object)
+  if len(x) > max_rows:
+    keep = np.sort(
+      np.random.default_rng(seed).choice(len(x), max_rows, replace=False)
+    )
+    x, labels = x[keep], labels[keep]
+  k = min(k, len(x) - 1)
+  if k < 1:
+    raise ValueError('knn_label_agreement needs at least 2 rows')
+  x = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-30)
+  agree = np.empty(len(x))
+  for start in range(0, len(x), chunk):
+    sim = x[start : start + chunk] @ x.T
+    rows_idx = np.arange(start, min(start + chunk, len(x)))
+    sim[rows_idx - start, rows_idx] = -np.inf  # not its own neighbour
+    nn = np.argpartition(-sim, k - 1, axis=1)[:, :k]
+    agree[rows_idx] = (labels[nn] == labels[rows_idx, None]).mean(axis=1)
+  per_label = {
+    label: float(agree[labels == label].mean()) for label in sorted(set(labels))
+  }
+  return float(agree.mean()), per_label
+
+
 # ---------------------------------------------------------------------------
 # Saving.
 

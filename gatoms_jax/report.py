@@ -92,7 +92,7 @@ def steering_plot(sweeps: dict, path: str) -> None:
       )
     ax.axhline(res['baseline']['rate'], color='black', lw=0.6, ls=':')
     ax.set_title(name)
-    ax.set_xlabel('α (toward > 0 > away)')
+    ax.set_xlabel('KL level (toward > 0 > away)')
     ax.set_ylim(-3, 103)
   axes[0][0].set_ylabel('detection rate (%)')
   axes[0][-1].legend(fontsize=6)
@@ -151,6 +151,8 @@ def write_report(ctx: Any) -> dict:
       'kmeans_n_label_values_recovered'
     ),
     'kmeans_recovered_labels': char.get('kmeans_recovered'),
+    'n_label_values_with_pure_atom': char.get('n_label_values_with_pure_atom'),
+    'knn10_label_agreement': char.get('knn10_label_agreement'),
     'n_coherence_above_0_5': char.get('n_coherence_above_0_5'),
     'n_coherence_above_0_1': char.get('n_coherence_above_0_1'),
     'heldout_loss_before': finetune.get('heldout_loss_before'),
@@ -189,6 +191,12 @@ def write_report(ctx: Any) -> dict:
       f'- k-means baseline (K clusters on the same projected gradients, read the '
       f'same way): **{summary["kmeans_n_label_values_recovered"]} of '
       f'{summary["n_label_values"]}** ({", ".join(summary["kmeans_recovered_labels"] or [])})',
+      f'- label values that are the majority (purity ≥ '
+      f'{ctx.config.atoms.purity_threshold}) of any atom: '
+      f'{summary["n_label_values_with_pure_atom"]} of {summary["n_label_values"]}; '
+      f'label agreement of the 10 nearest projected gradients: '
+      f'{_fmt(summary["knn10_label_agreement"], 2)} (chance ≈ '
+      f'{1 / summary["n_label_values"]:.2f})',
     ]
   lines += ['', f'## Top {ctx.config.atoms.report_top} atoms by coherence', '']
   lines += [
@@ -223,43 +231,72 @@ def write_report(ctx: Any) -> dict:
       )
     lines.append('')
   if sweeps:
+    c = ctx.config.steering
     lines += ['## Steering', '']
     lines += [
-      'Each direction is a unit-norm LoRA delta scaled so that α = 1 moves the '
-      'next-token distribution on control prompts by the target KL; rates are '
-      'over all prompts (inviting + controls). "random" rows are random '
-      'directions in the projected space, unprojected like atoms.',
+      'Each direction is a unit-norm LoRA delta v, applied as θ − c·v '
+      '("toward", c > 0: a descent step on the atom\'s documents) or with '
+      'c < 0 ("away"). Each |c| is calibrated so that the per-token '
+      "KL(unsteered ‖ steered) along the unsteered model's answers to the "
+      f'control prompts (first {c.kl_tokens} tokens) reaches a KL level: the '
+      'level column, signed by direction. Random rows are random directions '
+      'in the projected space, unprojected like the atoms and calibrated to '
+      'the same levels. Rates are over all prompts (inviting / controls in '
+      'brackets); KL is the level reached; degenerate is the fraction of '
+      f'looping outputs. Guard: KL ≤ {c.max_kl} and degenerate ≤ unsteered + '
+      f'{c.max_degenerate_increase}.',
       '',
-      '| behaviour | direction | α | rate % | KL | degenerate |',
-      '|---|---|---:|---:|---:|---:|',
+      '| behaviour | direction | level | c | rate % (inviting / controls) | KL | degenerate |',
+      '|---|---|---:|---:|---:|---:|---:|',
     ]
+
+    def rates(v):
+      split = [
+        '–' if v.get(k) is None else f'{v[k]:.0f}'
+        for k in ('rate_invites', 'rate_controls')
+      ]
+      return f'{v["rate"]:.1f} ({" / ".join(split)})'
+
     for name, res in sweeps.items():
       b = res['baseline']
       lines.append(
-        f'| {name} | baseline | 0 | {b["rate"]:.1f} | 0 | {b["degenerate"]:.2f} |'
+        f'| {name} | baseline | 0 | 0 | {rates(b)} | 0 | {b["degenerate"]:.2f} |'
       )
       for direction, rec in res['directions'].items():
         for k, v in sorted(
           rec['variants'].items(), key=lambda kv: float(kv[0])
         ):
           lines.append(
-            f'| {name} | {direction} | {k} | {v["rate"]:.1f} | {v["kl"]:.3f} | '
+            f'| {name} | {direction} | {k} | {v["coefficient"]:+.3g} | '
+            f'{rates(v)} | {v["kl"]:.3f} | '
             f'{v["degenerate"]:.2f} |'
           )
     lines += [
       '',
-      '| behaviour | baseline % | best toward % (α) | best away % (α) | steers beyond random? |',
+      'Best variants within the guard ("toward" = highest rate, "away" = '
+      'lowest, whichever sign did it; in brackets the KL level and c), and '
+      'the verdict: a shift ≥ '
+      f'{c.min_shift_pp:g} pp that beats every random control at the same '
+      f'level by {c.control_margin_pp:g} pp, within the guard.',
+      '',
+      '| behaviour | baseline % | best toward % | best away % | steers beyond random? |',
       '|---|---:|---:|---:|---|',
     ]
+
+    def best(row):
+      return (
+        f'{row["rate"]:.1f} ({_fmt(row.get("kl_level"), 1)}, '
+        f'{_fmt(row["alpha"], 2)})'
+      )
+
     for name, row in steering.items():
       verdicts = summary['steering_verdicts'][name]
       steers = ', '.join(
         f'{a}: {"yes" if v["steers"] else "no"}' for a, v in verdicts.items()
       )
       lines.append(
-        f'| {name} | {row["baseline"]["rate"]:.1f} | {row["best_toward"]["rate"]:.1f} '
-        f'({_fmt(row["best_toward"]["alpha"], 1)}) | {row["best_away"]["rate"]:.1f} '
-        f'({_fmt(row["best_away"]["alpha"], 1)}) | {steers} |'
+        f'| {name} | {row["baseline"]["rate"]:.1f} | {best(row["best_toward"])} '
+        f'| {best(row["best_away"])} | {steers} |'
       )
     lines += ['', '![steering](steering.png)', '']
   lines += ['## Stage timings (s)', '', '| stage | seconds |', '|---|---:|']

@@ -223,5 +223,31 @@ class KMeansTest(parameterized.TestCase):
     self.assertEqual(c0['top_negative'], [])
 
 
+class KnnAgreementTest(absltest.TestCase):
+  def test_separated_clusters_agree_and_random_labels_do_not(self):
+    rng = np.random.default_rng(0)
+    centers = rng.standard_normal((3, 16)) * 10
+    x = np.repeat(centers, 40, axis=0) + rng.standard_normal((120, 16))
+    labels = np.repeat(['a', 'b', 'c'], 40)
+    mean, per = atoms.knn_label_agreement(x, labels, k=5, chunk=7)
+    self.assertEqual(mean, 1.0)
+    self.assertEqual(per, {'a': 1.0, 'b': 1.0, 'c': 1.0})
+    shuffled = rng.permutation(labels)
+    mean, _ = atoms.knn_label_agreement(x, shuffled, k=5)
+    # Chance is ~1/3 (39 of 119 others share a row's label); 120 rows × 5
+    # neighbours give a standard error of ~0.02 around it.
+    self.assertLess(abs(mean - 39 / 119), 0.1)
+
+  def test_subsample_and_tiny_inputs(self):
+    x = np.eye(6)[[0, 0, 1, 1, 2, 2]] + 0.01 * np.arange(6)[:, None]
+    labels = list('aabbcc')
+    got = atoms.knn_label_agreement(x, labels, k=1, max_rows=4, seed=3)
+    keep = np.sort(np.random.default_rng(3).choice(6, 4, replace=False))
+    want = atoms.knn_label_agreement(x[keep], [labels[i] for i in keep], k=1)
+    self.assertEqual(got, want)
+    with self.assertRaisesRegex(ValueError, 'at least 2 rows'):
+      atoms.knn_label_agreement(x[:1], ['a'])
+
+
 if __name__ == '__main__':
   absltest.main()

@@ -50,7 +50,7 @@ TINY = {
   'atoms.report_top': 5,
   'steering.behaviors': ('yes_no', 'bullets'),
   'steering.prompts_per_behavior': 6,
-  'steering.alphas': (1.0,),
+  'steering.kl_levels': (0.5,),
   'steering.max_new_tokens': 6,
   'steering.n_random_controls': 1,
   'steering.batch_size': 8,

@@ -63,6 +63,8 @@ EXCLUDED_FROM_SECTIONS = frozenset(
     'grads.chunk_size',
     'ekfac.batch_size',
     'steering.batch_size',
+    'steering.max_rows',
+    'steering.min_prompt_bucket',
   }
 )
 

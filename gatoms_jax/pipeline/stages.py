@@ -248,12 +248,22 @@ def run_characterize(ctx: RunContext) -> dict:
     _, km_recovered = atoms.label_recovery(
       clusters, c.report_top, c.purity_threshold
     )
+    _, pure_anywhere = atoms.label_recovery(
+      summaries, len(summaries), c.purity_threshold
+    )
+    agreement, per_label = atoms.knn_label_agreement(X, labels, k=10)
     result.update(
       n_label_values=n_values,
       n_label_values_recovered=len(recovered),
       recovered=sorted(recovered),
       kmeans_n_label_values_recovered=len(km_recovered),
       kmeans_recovered=sorted(km_recovered),
+      # Any atom, not only the top report_top by coherence.
+      n_label_values_with_pure_atom=len(pure_anywhere),
+      # Representation check before any dictionary: label agreement of the
+      # 10 nearest projected gradients (chance ≈ 1 / n_label_values).
+      knn10_label_agreement=agreement,
+      knn10_label_agreement_per_label=per_label,
     )
   coherences = [s['coherence'] for s in summaries if s['coherence'] is not None]
   result.update(
@@ -264,8 +274,39 @@ def run_characterize(ctx: RunContext) -> dict:
   return result
 
 
+# Steering keys that only judge finished sweeps (the verdict): changing them
+# re-summarises the saved per-behaviour sweeps instead of regenerating them.
+_VERDICT_KEYS = (
+  'min_shift_pp',
+  'control_margin_pp',
+  'max_kl',
+  'max_degenerate_increase',
+  'shift_direction',
+)
+
+
+def _sweep_key(config) -> str:
+  """Hash of what a behaviour's sweep depends on (for resuming the stage)."""
+  import hashlib
+
+  from gatoms_jax.pipeline.manifest import stage_keys, stage_values
+
+  values = stage_values(config, 'steer')['steering']
+  values = {k: v for k, v in values.items() if k not in _VERDICT_KEYS}
+  blob = json.dumps(
+    {'upstream': stage_keys(config)['characterize'], 'steering': values},
+    sort_keys=True,
+    default=str,
+  )
+  return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
 def run_steer(ctx: RunContext) -> dict:
-  """Behaviour sweeps for automatically matched atoms and random controls."""
+  """Behaviour sweeps for automatically matched atoms and random controls.
+
+  Each behaviour's sweep is saved as soon as it is done (with the stage key),
+  so a killed stage resumes at the first unfinished behaviour.
+  """
   from gatoms_jax import atoms, behaviors, projection, steer, sweep
   from gatoms_jax.models.generate import Generator
 
@@ -290,21 +331,33 @@ def run_steer(ctx: RunContext) -> dict:
   matches = behaviors.match_atoms_to_behaviors(
     top_responses, list(c.behaviors), tiebreak=coherence
   )
-  gen = Generator(mdef, base, eos_ids=ctx.eos_ids, batch_size=c.batch_size)
+  gen = Generator(
+    mdef,
+    base,
+    eos_ids=ctx.eos_ids,
+    batch_size=c.batch_size,
+    max_rows=c.max_rows,
+    min_bucket=c.min_prompt_bucket,
+  )
   runner = sweep.SweepRunner(
     gen,
     ctx.tokenizer,
     lora,
     max_new_tokens=c.max_new_tokens,
-    target_kl=c.get('target_kl', 0.1),
+    kl_tokens=c.kl_tokens,
     degenerate_rule=behaviors.degeneracy_rule(c),
   )
   sets = behaviors.load_prompt_sets(
     list(c.behaviors), c.prompts_path, limit=c.prompts_per_behavior
   )
   out = ctx.stage_dir('steer')
+  partial_dir = os.path.join(out, 'behaviors')
+  os.makedirs(partial_dir, exist_ok=True)
+  key = _sweep_key(ctx.config)
   results, table = {}, {}
   for name in c.behaviors:
+    partial = os.path.join(partial_dir, f'{name}.json')
+    saved = _read_json(partial) if os.path.exists(partial) else None
     if c.atoms:
       chosen = [int(a) for a in c.atoms]
     else:
@@ -314,32 +367,36 @@ def run_steer(ctx: RunContext) -> dict:
       f'random{s}': directions.random(1000 + s)
       for s in range(c.n_random_controls)
     }
-    res = runner.sweep(
-      sets[name],
-      name,
-      {**dirs, **controls},
-      list(c.alphas),
-      progress=logging.info,
-    )
-    res['matched_atoms'] = [
-      {'atom': a, 'score': s, 'coherence': coherence.get(a)}
-      for a, s in matches[name][: max(5, c.atoms_per_behavior)]
-    ]
+    if saved and saved.get('key') == key:
+      logging.info('steer %s: done in an earlier run, reused', name)
+      res = saved['result']
+    else:
+      res = runner.sweep(
+        sets[name],
+        name,
+        {**dirs, **controls},
+        list(c.kl_levels),
+        progress=logging.info,
+      )
+      res['matched_atoms'] = [
+        {'atom': a, 'score': s, 'coherence': coherence.get(a)}
+        for a, s in matches[name][: max(5, c.atoms_per_behavior)]
+      ]
+      write_json(partial, {'key': key, 'result': res})
     res['summary'] = sweep.summarize_sweep(
       res,
       list(dirs),
       list(controls),
-      min_shift_pp=c.get('min_shift_pp', 30.0),
-      control_margin_pp=c.get('control_margin_pp', 10.0),
-      max_kl=c.get('max_kl', 1.0),
-      max_degenerate=c.get('max_degenerate', 0.2),
-      direction=c.get('shift_direction', 'either'),
+      min_shift_pp=c.min_shift_pp,
+      control_margin_pp=c.control_margin_pp,
+      max_kl=c.max_kl,
+      max_degenerate_increase=c.max_degenerate_increase,
+      direction=c.shift_direction,
     )
     results[name] = res
     table[name] = {
       k: res['summary'][k] for k in ('baseline', 'best_toward', 'best_away')
     }
-    write_json(os.path.join(out, 'sweeps.json'), results)  # partial progress
   write_json(os.path.join(out, 'sweeps.json'), results)
   return {'steering': table}
 
