@@ -168,7 +168,12 @@ def base_config() -> ml_collections.ConfigDict:
   c.steering.max_new_tokens = 128
   c.steering.batch_size = 32
   c.steering.n_random_controls = 2
-  c.steering.atoms_per_behavior = 1
+  # Matched atoms per behaviour, swept one by one ('each') or as one
+  # composed direction, the unit-norm sum of their deltas ('sum'). On the
+  # demo the sum of the top 3 steered 3 of 5 behaviours beyond random, the
+  # single best-matched atom 2 of 5.
+  c.steering.atoms_per_behavior = 3
+  c.steering.combine = 'sum'
   c.steering.atoms = ()  # atom ids to sweep for every behaviour; () = matched
   # Step sizes by effect, not by norm (a raw α means nothing across
   # directions): every direction × {toward, away} is calibrated to each

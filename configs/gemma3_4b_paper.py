@@ -43,4 +43,8 @@ def get_config():
   c.dictionary.n_atoms = 500
   c.dictionary.alpha = 0.1
   c.atoms.top_n = 20
+  # The paper steered with one atom at a time, unprojected × sqrt λ.
+  c.steering.atoms_per_behavior = 1
+  c.steering.combine = 'each'
+  c.steering.unproject = 'paper'
   return c

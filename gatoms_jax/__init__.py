@@ -25,13 +25,15 @@ from gatoms_jax.projection import (
   make_spec,
   unproject,
 )
+from gatoms_jax.data.tokenize import Batch
 from gatoms_jax.steer import AtomDirections
-from gatoms_jax.store import GradientStore
+from gatoms_jax.store import GradientStore, layout_from_tree
 
 __version__ = '0.1.0'
 
 __all__ = [
   'AtomDirections',
+  'Batch',
   'DictionaryResult',
   'Factors',
   'GradientExtractor',
@@ -46,6 +48,7 @@ __all__ = [
   'extract_to_store',
   'fit_factors',
   'flatten',
+  'layout_from_tree',
   'learn_dictionary',
   'load_model',
   'make_spec',

@@ -539,16 +539,20 @@ def steering_verdict(
 ) -> dict[str, Any]:
   """Decides whether an atom counts as steering a behaviour.
 
-  Sweep results map a signed α (θ + α·v; negative α is θ − |α|·v) to
-  {"rate": detection rate in %, "kl": mean KL to the base model in nats,
-  "degenerate": fraction of degenerate outputs}. At each α ≠ 0 of the atom
-  the effect is the shift of the rate from the baseline, signed by
-  `direction` ("increase": rate − baseline, "decrease": baseline − rate,
-  "either": |rate − baseline|). An α passes when
+  Sweep results map a signed step key α (a signed step size or KL level;
+  the sign says toward or away) to {"rate": detection rate in %, "kl": mean
+  KL to the base model in nats, "degenerate": fraction of degenerate
+  outputs}. At each α ≠ 0 of the atom the effect is the shift of the rate
+  from the baseline in the direction asked for ("increase": rate −
+  baseline, "decrease": baseline − rate, "either": the direction the atom
+  moved the rate, i.e. |rate − baseline|). Random controls are measured in
+  that same direction: a random step that breaks the model and so lowers
+  the rate does not count against an atom that raises it, but does against
+  one that lowers it. An α passes when
     1. effect ≥ min_shift_pp,
-    2. effect ≥ (largest effect of any random control at ±α) +
-       control_margin_pp -- controls at both signs of the same |α| count,
-       because a random direction has no preferred sign,
+    2. effect ≥ (largest same-direction effect of any random control at
+       ±α) + control_margin_pp -- controls at both signs of the same |α|
+       count, because a random direction has no preferred sign,
     3. kl ≤ max_kl and degenerate ≤ max_degenerate (guards: the model is
        still sane).
   The atom counts as steering when some α passes; the reported α is the one
@@ -590,8 +594,12 @@ def steering_verdict(
     res = atom[alpha]
     shift = float(res['rate']) - baseline_rate
     effect = _effect(shift, direction)
+    # "either" resolves to the direction this variant moved the rate.
+    measured = direction
+    if direction == 'either':
+      measured = 'increase' if shift >= 0 else 'decrease'
     control_effects = [
-      _effect(float(c[a]['rate']) - baseline_rate, direction)
+      _effect(float(c[a]['rate']) - baseline_rate, measured)
       for c in controls
       for a in c
       if math.isclose(abs(float(a)), abs(float(alpha)))

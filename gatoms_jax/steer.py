@@ -13,7 +13,7 @@ documents have positive codes, and c_j < 0 is "away".
 from __future__ import annotations
 
 import os
-from typing import Any, Mapping, Optional
+from typing import Any, Mapping, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -91,6 +91,19 @@ class AtomDirections:
         sign = orientation(self.codes[:, atom], self.top_n)
       self._cache[atom] = self.from_vector(sign * self.dictionary[atom])
     return self._cache[atom]
+
+  def combined(self, atoms: Sequence[int]) -> PyTree:
+    """Unit-norm Σ_j v_j of several (oriented, unit-norm) atom deltas."""
+    total = None
+    for atom in atoms:
+      d = self.delta(int(atom))
+      total = d if total is None else jax.tree.map(jnp.add, total, d)
+    if total is None:
+      raise ValueError('combined() needs at least one atom')
+    norm = tree_norm(total)
+    if norm == 0:
+      raise ValueError(f'atoms {list(atoms)} cancel out')
+    return jax.tree.map(lambda x: x / norm, total)
 
   def random(self, seed: int) -> PyTree:
     """A random unit direction in the PROJECTED space, unprojected like an atom

@@ -982,11 +982,21 @@ class ChunkWriter:
       self._write(len(self._ids))
 
   def _write(self, n: int) -> None:
-    rows = np.concatenate(self._rows) if len(self._rows) > 1 else self._rows[0]
-    ids, rest_ids = self._ids[:n], self._ids[n:]
-    self._store.append_chunk(ids, rows[:n])
-    self._ids = rest_ids
-    self._rows = [rows[n:]] if rest_ids else []
+    # Concatenate only the blocks this chunk needs, and copy the remainder:
+    # a view would keep the whole concatenated chunk alive (for d = 2.4M and
+    # 256-row chunks, 2.5 GB per retained chunk).
+    take, count = [], 0
+    while count < n:
+      block = self._rows.pop(0)
+      if count + len(block) > n:
+        self._rows.insert(0, block[n - count :].copy())
+        block = block[: n - count]
+      take.append(block)
+      count += len(block)
+    rows = take[0] if len(take) == 1 else np.concatenate(take)
+    del take
+    ids, self._ids = self._ids[:n], self._ids[n:]
+    self._store.append_chunk(ids, rows)
 
   def __enter__(self) -> ChunkWriter:
     return self

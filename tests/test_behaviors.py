@@ -329,6 +329,24 @@ class VerdictTest(parameterized.TestCase):
     self.assertFalse(v['steers'])
     self.assertIn(reason, ' '.join(v['per_alpha'][0]['reasons']))
 
+  def test_either_compares_controls_in_the_atoms_direction(self):
+    # Baseline 50. The random control breaks the model at level 0.8 (rate
+    # → 10): that is a decrease of 40, which must not block an atom that
+    # INCREASES the rate by 35, but must block one that decreases it by 35.
+    controls = [_sweep([(0.8, 10.0), (-0.8, 45.0)])]
+    up = _sweep([(0.8, 85.0)])
+    v = behaviors.steering_verdict(
+      up, controls, 50.0, 30.0, 10.0, direction='either'
+    )
+    self.assertTrue(v['steers'])
+    self.assertEqual(v['control_shift_pp'], -5.0)  # best random increase
+    down = _sweep([(-0.8, 15.0)])
+    v = behaviors.steering_verdict(
+      down, controls, 50.0, 30.0, 10.0, direction='either'
+    )
+    self.assertFalse(v['steers'])
+    self.assertEqual(v['per_alpha'][0]['control_effect_pp'], 40.0)
+
   def test_decrease_and_missing_controls(self):
     atom = _sweep([(0.0, 80.0), (-1.0, 30.0)])
     v = behaviors.steering_verdict(atom, [], direction='decrease')

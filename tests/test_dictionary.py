@@ -175,7 +175,10 @@ class LearnTest(parameterized.TestCase):
     np.testing.assert_allclose(r1.codes, r4.codes, atol=1e-4)
     for h1, h4 in zip(r1.history, r4.history):
       self.assertAlmostEqual(h1['objective'], h4['objective'], delta=1e-3)
-      self.assertEqual(h1['coder_iters'], h4['coder_iters'])
+      # The coder stops on a global relative tolerance; its rounding-level
+      # difference can move the stopping step by one (seen in CI: 5 vs 6).
+      # A per-device stopping rule would differ by far more.
+      self.assertLessEqual(abs(h1['coder_iters'] - h4['coder_iters']), 1)
 
   def test_minibatch_streams_from_chunk_iterator_and_memmap(self):
     X, P = _planted(seed=2)

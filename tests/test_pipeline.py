@@ -57,6 +57,9 @@ TINY = {
 }
 
 
+TINY_MIN_SHIFT = common.base_config().steering.min_shift_pp
+
+
 def tiny_config(results_dir: str, tokenizer_dir: str):
   c = common.base_config()
   c.results_dir = results_dir
@@ -112,6 +115,23 @@ class PipelineTest(absltest.TestCase):
     before = _finished(run_dir)
     pipeline.run(config)  # everything complete and current: all skipped
     self.assertEqual(_finished(run_dir), before)
+
+    # A steer stage killed after its first behaviour resumes there; a
+    # verdict threshold re-judges the saved sweeps without regenerating.
+    partial = os.path.join(run_dir, 'steer', 'behaviors')
+    mtime = lambda b: os.path.getmtime(os.path.join(partial, f'{b}.json'))
+    first = mtime('yes_no')
+    manifest.invalidate(os.path.join(run_dir, 'steer'))
+    os.remove(os.path.join(partial, 'bullets.json'))
+    config.steering.min_shift_pp = 5.0
+    pipeline.run(config, 'steer')
+    self.assertEqual(mtime('yes_no'), first)
+    self.assertTrue(os.path.exists(os.path.join(partial, 'bullets.json')))
+    with open(os.path.join(run_dir, 'steer', 'sweeps.json')) as f:
+      self.assertEqual(set(json.load(f)), {'yes_no', 'bullets'})
+    config.steering.min_shift_pp = TINY_MIN_SHIFT
+    pipeline.run(config)
+    before = _finished(run_dir)
 
     config.dictionary.alpha = 0.05
     pipeline.run(config)

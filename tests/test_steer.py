@@ -95,6 +95,23 @@ class SteerTest(absltest.TestCase):
       plain.delta(0),
     )
 
+  def test_combined_is_normalised_sum_of_deltas(self):
+    D = np.random.RandomState(5).randn(3, self.spec.k_total)
+    dirs = steer.AtomDirections(self.spec, D, self.lora)
+    both = dirs.combined([0, 2])
+    self.assertAlmostEqual(steer.tree_norm(both), 1.0, places=5)
+    total = jax.tree.map(jnp.add, dirs.delta(0), dirs.delta(2))
+    norm = steer.tree_norm(total)
+    jax.tree.map(
+      lambda a, b: np.testing.assert_allclose(
+        a, b / norm, rtol=1e-5, atol=1e-8
+      ),
+      both,
+      total,
+    )
+    with self.assertRaises(ValueError):
+      dirs.combined([])
+
   def test_random_direction_is_deterministic_and_unit(self):
     D = np.zeros((1, self.spec.k_total))
     dirs = steer.AtomDirections(self.spec, D, self.lora)

@@ -235,11 +235,34 @@ def next_logprobs(
   return jax.nn.log_softmax(model.logits(hidden[:, -1]), axis=-1)
 
 
+def _picked_log_probs(mdef, base, lora, weights, tokens, valid, index):
+  model = lora_lib.merge(mdef, base, lora)
+  hidden, _ = model.hidden_states(
+    tokens, positions(valid), valid, taps=_taps(weights)
+  )
+  picked = jnp.take_along_axis(hidden, index[..., None], axis=1)
+  return jax.nn.log_softmax(model.logits(picked), axis=-1)
+
+
+@functools.partial(jax.jit, static_argnames=('mdef',))
+def scored_log_probs(
+  mdef: lora_lib.ModelDef,
+  base: PyTree,
+  lora: PyTree,
+  tokens: Array,
+  valid: Array,
+  index: Array,
+) -> Array:
+  """log p(next token) at positions `index` (b, m) of one adapter: b m v."""
+  TRACE_COUNTS[('scored', *tokens.shape, index.shape[1])] += 1
+  return _picked_log_probs(mdef, base, lora, None, tokens, valid, index)
+
+
 @functools.partial(jax.jit, static_argnames=('mdef',))
 def kl_sums(
   mdef: lora_lib.ModelDef,
   base: PyTree,
-  reference: PyTree,
+  reference: Array,
   loras: PyTree,
   tokens: Array,
   valid: Array,
@@ -249,7 +272,9 @@ def kl_sums(
   """Σ_m weight · KL(reference ‖ adapter j) of next-token distributions.
 
   Args:
-    reference: one LoRA tree; loras: n stacked trees (leaves (n, ...)).
+    reference: fp32 [b, m, v] log-probs of the reference adapter at the
+      scored positions (`scored_log_probs`, computed once per batch).
+    loras: n stacked trees (leaves (n, ...)).
     tokens, valid: [b, T] left-padded prompt + right-padded continuation.
     index: int32 [b, m] positions whose next-token distribution is scored.
     weight: float32 [b, m] (0 for padding).
@@ -258,21 +283,12 @@ def kl_sums(
     fp32 [n, b]: per adapter and row, the weighted KL sum in nats.
   """
   n = jax.tree.leaves(loras)[0].shape[0]
-  TRACE_COUNTS[('kl', n) + tuple(tokens.shape) + (index.shape[1],)] += 1
-
-  def log_probs(lora, tokens, valid, index, weights):
-    model = lora_lib.merge(mdef, base, lora)
-    hidden, _ = model.hidden_states(
-      tokens, positions(valid), valid, taps=_taps(weights)
-    )
-    picked = jnp.take_along_axis(hidden, index[..., None], axis=1)
-    return jax.nn.log_softmax(model.logits(picked), axis=-1)
-
+  TRACE_COUNTS[('kl', n, *tokens.shape, index.shape[1])] += 1
   b = tokens.shape[0]
-  ref = log_probs(reference, tokens, valid, index, None)  # b m v
   tile = lambda x: jnp.tile(x, (n,) + (1,) * (x.ndim - 1))
   one_hot = jnp.repeat(jnp.eye(n, dtype=jnp.float32), b, axis=0)  # (n·b) n
-  var = log_probs(loras, tile(tokens), tile(valid), tile(index), one_hot)
-  var = var.reshape(n, *ref.shape)
-  kl = jnp.sum(jnp.exp(ref) * (ref - var), axis=-1)  # n b m
+  var = _picked_log_probs(
+    mdef, base, loras, one_hot, tile(tokens), tile(valid), tile(index)
+  ).reshape(n, *reference.shape)
+  kl = jnp.sum(jnp.exp(reference) * (reference - var), axis=-1)  # n b m
   return jnp.sum(kl * weight, axis=-1)

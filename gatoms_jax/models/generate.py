@@ -465,6 +465,7 @@ class Generator:
         seq_valid[row, p : p + len(cont)] = True
         weight[row, : min(m, len(continuations[i]) + 1)] = 1.0
       args = [jnp.asarray(x) for x in (seq, seq_valid, index, weight)]
+      ref = decode.scored_log_probs(self.mdef, self.base, reference, *args[:3])
       keep = indices >= 0
       counts = weight.sum(axis=1)
       for start in range(0, len(loras), group):
@@ -472,9 +473,7 @@ class Generator:
         n_real = len(chunk)
         chunk += [chunk[0]] * (group - n_real)
         sums = np.asarray(
-          decode.kl_sums(
-            self.mdef, self.base, reference, stack_trees(chunk), *args
-          )
+          decode.kl_sums(self.mdef, self.base, ref, stack_trees(chunk), *args)
         )[:n_real]
         result[start : start + n_real, indices[keep]] = (
           sums[:, keep] / counts[keep]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import time
 from typing import Any, Optional, Sequence
 
@@ -43,7 +44,8 @@ def run(
   Args:
     config: the resolved pipeline ConfigDict (configs/common.py schema).
     stages: which stages to run.
-    force: rerun requested stages even if complete.
+    force: rerun requested stages from scratch, even if complete (their
+      directories are cleared first, so nothing is resumed).
 
   Returns:
     stage → its manifest.
@@ -73,6 +75,9 @@ def run(
       )
     logging.info('stage %s: running (key %s)', stage, keys[stage])
     manifest.invalidate(stage_dir)
+    if force and os.path.isdir(stage_dir):
+      # Forced: nothing is resumed (checkpoints, stored rows, saved sweeps).
+      shutil.rmtree(stage_dir)
     os.makedirs(stage_dir, exist_ok=True)
     start = time.perf_counter()
     extra = STAGE_FUNCTIONS[stage](ctx) or {}

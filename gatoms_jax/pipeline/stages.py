@@ -362,7 +362,11 @@ def run_steer(ctx: RunContext) -> dict:
       chosen = [int(a) for a in c.atoms]
     else:
       chosen = [a for a, score in matches[name][: c.atoms_per_behavior]]
-    dirs = {f'atom{a}': directions.delta(a) for a in chosen}
+    if c.combine == 'sum' and len(chosen) > 1:
+      # One direction per behaviour: the matched atoms composed.
+      dirs = {'atom' + '+'.join(map(str, chosen)): directions.combined(chosen)}
+    else:
+      dirs = {f'atom{a}': directions.delta(a) for a in chosen}
     controls = {
       f'random{s}': directions.random(1000 + s)
       for s in range(c.n_random_controls)
