@@ -36,7 +36,7 @@ def calibrate_scales(
   kl_of: Callable[[Sequence[float], Sequence[int]], np.ndarray],
   targets: Sequence[float],
   *,
-  initial: float = 1.0,
+  initial: float | Sequence[float] = 1.0,
   rel_tol: float = 0.1,
   max_evals: int = 8,
 ) -> tuple[np.ndarray, np.ndarray, list]:
@@ -50,7 +50,7 @@ def calibrate_scales(
   Args:
     kl_of: (scales, direction indices) → KL at those scales, one per index.
     targets: the KL wanted for each direction.
-    initial: first scale tried.
+    initial: first scale tried, one for all or one per direction.
     rel_tol: stop once |log(KL / target)| < rel_tol.
     max_evals: evaluations per direction at most.
 
@@ -59,7 +59,9 @@ def calibrate_scales(
   """
   targets = np.asarray(targets, np.float64)
   n = len(targets)
-  scale = np.full(n, float(initial))
+  scale = np.broadcast_to(np.asarray(initial, np.float64), (n,)).copy()
+  if not np.all(np.isfinite(scale) & (scale > 0)):
+    raise ValueError(f'initial scales must be finite and > 0, got {initial}')
   prev: list[Optional[tuple[float, float]]] = [None] * n
   todo = list(range(n))
   history: list[list[tuple[float, float]]] = [[] for _ in range(n)]
@@ -158,6 +160,7 @@ class SweepRunner:
     directions: Mapping[str, PyTree],
     kl_levels: Sequence[float],
     *,
+    initial_coefficients: Optional[Mapping[str, Mapping[str, float]]] = None,
     progress: Optional[Callable[[str], None]] = None,
   ) -> dict:
     """Baseline + every direction × {toward, away} × KL level.
@@ -167,6 +170,11 @@ class SweepRunner:
       detector: a behaviour name or a detector function.
       directions: name → unit-norm LoRA delta.
       kl_levels: per-token KL targets (nats) of the steps.
+      initial_coefficients: optional first guesses of the calibration,
+        direction name → {variant key ("+0.4", "-0.8"): c}, e.g. the
+        coefficients `coefficients_of` read from an earlier sweep of the
+        same direction (fewer calibration rounds; the result is calibrated
+        all the same).
       progress: called with one line per finished variant.
 
     Returns:
@@ -235,8 +243,13 @@ class SweepRunner:
       ]
       return self._control_kl(loras, controls, answers)
 
+    hints = initial_coefficients or {}
+    initial = [
+      abs(hints.get(name, {}).get(f'{sign * level:+g}', 0.0)) or 1.0
+      for name, sign, level in variants
+    ]
     scales, reached, history = calibrate_scales(
-      kl_of, [level for _, _, level in variants]
+      kl_of, [level for _, _, level in variants], initial=initial
     )
     loras = [
       steer.add_scaled(self.lora, directions[name], sign * c)
@@ -260,6 +273,18 @@ class SweepRunner:
         )
     result['seconds'] = time.perf_counter() - start
     return result
+
+
+def coefficients_of(result: dict, names: Sequence[str]) -> dict:
+  """{direction name: {variant key: calibrated c}} of a sweep result."""
+  return {
+    name: {
+      key: float(v['coefficient'])
+      for key, v in result['directions'][name]['variants'].items()
+    }
+    for name in names
+    if name in result['directions']
+  }
 
 
 def summarize_sweep(

@@ -35,6 +35,18 @@ class CalibrateTest(parameterized.TestCase):
     self.assertLessEqual(max(len(h) for h in history), 3 if power == 2 else 6)
     self.assertEqual(calls[0], 4)  # all directions evaluated together
 
+  def test_per_direction_initial_scales(self):
+    def kl_of(scales, idx):
+      return np.asarray(scales) ** 2
+
+    scales, _, history = sweep.calibrate_scales(
+      kl_of, [4.0, 0.25], initial=[2.0, 0.5]
+    )
+    np.testing.assert_allclose(scales, [2.0, 0.5])
+    self.assertEqual([len(h) for h in history], [1, 1])  # already there
+    with self.assertRaisesRegex(ValueError, 'finite and > 0'):
+      sweep.calibrate_scales(kl_of, [1.0, 1.0], initial=[1.0, 0.0])
+
   def test_zero_and_non_finite_kl_are_handled(self):
     def kl_of(scales, idx):
       out = []
@@ -150,6 +162,21 @@ class PlantedSweepTest(absltest.TestCase):
     self.assertTrue(verdict['steers'])
     self.assertEqual(verdict['alpha'], 1.3)  # the signed KL level
     self.assertEqual(summary['best_toward']['atom'], 'planted')
+
+    # Warm start: the coefficients of this sweep are first guesses that the
+    # same prompts confirm in one evaluation per variant.
+    hints = sweep.coefficients_of(res, ['random0', 'absent'])
+    self.assertEqual(set(hints), {'random0'})
+    again = runner.sweep(
+      prompts,
+      _first_byte_is('A'),
+      {'random0': random},
+      [0.05, 1.3],
+      initial_coefficients=hints,
+    )
+    for key, v in again['directions']['random0']['variants'].items():
+      self.assertLen(v['calibration'], 1, key)
+      self.assertAlmostEqual(v['coefficient'], hints['random0'][key], 5)
 
 
 if __name__ == '__main__':

@@ -355,6 +355,9 @@ def run_steer(ctx: RunContext) -> dict:
   os.makedirs(partial_dir, exist_ok=True)
   key = _sweep_key(ctx.config)
   results, table = {}, {}
+  # The random controls are the same directions for every behaviour, so the
+  # previous behaviour's coefficients start their calibration near the answer.
+  control_hints: dict = {}
   for name in c.behaviors:
     partial = os.path.join(partial_dir, f'{name}.json')
     saved = _read_json(partial) if os.path.exists(partial) else None
@@ -380,6 +383,7 @@ def run_steer(ctx: RunContext) -> dict:
         name,
         {**dirs, **controls},
         list(c.kl_levels),
+        initial_coefficients=control_hints,
         progress=logging.info,
       )
       res['matched_atoms'] = [
@@ -397,6 +401,7 @@ def run_steer(ctx: RunContext) -> dict:
       max_degenerate_increase=c.max_degenerate_increase,
       direction=c.shift_direction,
     )
+    control_hints = sweep.coefficients_of(res, list(controls))
     results[name] = res
     table[name] = {
       k: res['summary'][k] for k in ('baseline', 'best_toward', 'best_away')
