@@ -2,8 +2,10 @@
 
   # sweeps for the five behaviours, atoms matched automatically:
   python -m experiments.steer --config=configs/smollm2_demo.py
-  # sweeps with hand-picked atoms:
-  python -m experiments.steer --config=configs/smollm2_demo.py --atoms=12,40
+  # sweeps with hand-picked atoms for every behaviour, composed as
+  # steering.combine says ('sum': one direction; 'each': one per atom):
+  python -m experiments.steer --config=configs/smollm2_demo.py --atoms=12,40 \
+    --config.steering.combine=each
   # write θ − Σ c_j v_j (unit-norm v_j) as a PEFT adapter and stop:
   python -m experiments.steer --config=configs/smollm2_demo.py \
     --coefficients=12:0.5,40:-0.3 --export=/tmp/steered_adapter

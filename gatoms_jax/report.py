@@ -92,7 +92,7 @@ def steering_plot(sweeps: dict, path: str) -> None:
       )
     ax.axhline(res['baseline']['rate'], color='black', lw=0.6, ls=':')
     ax.set_title(name)
-    ax.set_xlabel('KL level (toward > 0 > away)')
+    ax.set_xlabel('KL level (away < 0 < toward)')
     ax.set_ylim(-3, 103)
   axes[0][0].set_ylabel('detection rate (%)')
   axes[0][-1].legend(fontsize=6)
