@@ -193,7 +193,8 @@ def write_report(ctx: Any) -> dict:
       f'{summary["n_label_values"]}** ({", ".join(summary["kmeans_recovered_labels"] or [])})',
       f'- label values that are the majority (purity ≥ '
       f'{ctx.config.atoms.purity_threshold}) of any atom: '
-      f'{summary["n_label_values_with_pure_atom"]} of {summary["n_label_values"]}; '
+      f'{_fmt(summary["n_label_values_with_pure_atom"])} of '
+      f'{summary["n_label_values"]}; '
       f'label agreement of the 10 nearest projected gradients: '
       f'{_fmt(summary["knn10_label_agreement"], 2)} (chance ≈ '
       f'{1 / summary["n_label_values"]:.2f})',

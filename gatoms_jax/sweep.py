@@ -343,7 +343,7 @@ def summarize_sweep(
         continue
       best = {
         'rate': rec['rate'],
-        'alpha': rec.get('coefficient', level),
+        'alpha': rec['coefficient'],
         'kl_level': level,
         'atom': name,
       }

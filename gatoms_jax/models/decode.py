@@ -172,7 +172,6 @@ def decode_segment(
     first_step: int32, the first step to run (≥ 1).
     prompt_slots: int32 P, the cache slots taken by the prompts.
     last_step: int32 N - 1, the last step of the generation.
-
     n_steps: decode steps per call at most (static).
 
   Returns:

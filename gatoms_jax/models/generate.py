@@ -444,8 +444,16 @@ class Generator:
     # fp32) at once, a power of two (few compilations, ≤ 2x padding).
     vocab = self.mdef.config.vocab_size
     fit = min(self.max_rows // per_batch, 2**27 // (per_batch * m * vocab))
-    group = 1 << max(0, fit).bit_length() - 1 if fit > 1 else 1
+    group = 1 << (fit.bit_length() - 1) if fit > 1 else 1
     group = min(group, _next_pow2(len(loras)))
+    # Stacked once for all prompt batches; the last group padded with copies.
+    stacked = []
+    for start in range(0, len(loras), group):
+      chunk = list(loras[start : start + group])
+      n_real = len(chunk)
+      stacked.append(
+        (start, n_real, stack_trees(chunk + [chunk[0]] * (group - n_real)))
+      )
     for indices, tokens, valid, _ in _batches(
       prompts, per_batch, self.min_bucket
     ):
@@ -468,12 +476,9 @@ class Generator:
       ref = decode.scored_log_probs(self.mdef, self.base, reference, *args[:3])
       keep = indices >= 0
       counts = weight.sum(axis=1)
-      for start in range(0, len(loras), group):
-        chunk = list(loras[start : start + group])
-        n_real = len(chunk)
-        chunk += [chunk[0]] * (group - n_real)
+      for start, n_real, trees in stacked:
         sums = np.asarray(
-          decode.kl_sums(self.mdef, self.base, ref, stack_trees(chunk), *args)
+          decode.kl_sums(self.mdef, self.base, ref, trees, *args)
         )[:n_real]
         result[start : start + n_real, indices[keep]] = (
           sums[:, keep] / counts[keep]
