@@ -106,8 +106,27 @@ def _manifest_results(ctx, stage):
   return m.get('results', {}), m.get('seconds')
 
 
+def _write_explorer(ctx: Any) -> None:
+  """results/<run>/explorer.html (pipeline/explorer.py) from the artefacts.
+
+  The documents' text comes from the run's data config; if it cannot be
+  read any more (a moved file), the page still shows ids and codes.
+  """
+  from absl import logging
+
+  from gatoms_jax.pipeline import explorer
+
+  try:
+    documents = ctx.documents
+  except (OSError, ValueError) as e:
+    logging.warning('explorer without document text: %s', e)
+    documents = None
+  config = json.loads(json.dumps(ctx.config.to_dict(), default=str))
+  explorer.write_explorer(ctx.run_dir, documents, config=config)
+
+
 def write_report(ctx: Any) -> dict:
-  """Writes results/<run>/report.md, summary.json and the PNG figures."""
+  """Writes report.md, summary.json, the PNG figures and explorer.html."""
   from gatoms_jax.pipeline.manifest import STAGES
 
   run_dir = ctx.run_dir
@@ -313,6 +332,7 @@ def write_report(ctx: Any) -> dict:
   ]
   with open(os.path.join(run_dir, 'report.md'), 'w') as f:
     f.write('\n'.join(lines))
+  _write_explorer(ctx)
   return {
     k: summary[k]
     for k in ('n_label_values_recovered', 'kmeans_n_label_values_recovered')

@@ -240,6 +240,8 @@ def run_characterize(ctx: RunContext) -> dict:
     **kw,
   )
   atoms.save_atom_summaries(os.path.join(out, 'kmeans.json'), clusters)
+  # Every row's cluster, for the explorer's atom <-> cluster overlaps.
+  np.save(os.path.join(out, 'kmeans_assignments.npy'), km.assignments)
   result = {'n_atoms': len(summaries), 'n_kmeans_clusters': k}
   if labels is not None:
     n_values, recovered = atoms.label_recovery(
