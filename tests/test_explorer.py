@@ -437,3 +437,21 @@ def test_paper_scale_in_browser(browser, paper_scale, tmp_path):
   page.screenshot(path=str(tmp_path / 'paper_scale.png'))
   p.check_clean()
   assert np.count_nonzero(codes[:, atom]) > 10
+
+
+def test_page_over_the_limit_gets_shorter_excerpts(tmp_path):
+  run, documents, codes, ids = _synthetic_run(tmp_path, 40, 6, nnz_per_doc=2)
+  full = explorer.write_explorer(run, documents, path=str(tmp_path / 'a.html'))
+  size = os.path.getsize(full)
+  # Whole documents at this size: ~1.5 kB of text each.
+  limit = size - 20_000
+  cut = explorer.write_explorer(
+    run, documents, path=str(tmp_path / 'b.html'), max_bytes=limit
+  )
+  assert os.path.getsize(cut) <= limit
+  with open(full, encoding='utf-8') as f:
+    long_answers = _inline_data(f.read())['docs']['answer']
+  with open(cut, encoding='utf-8') as f:
+    short_answers = _inline_data(f.read())['docs']['answer']
+  for long, short in zip(long_answers[1:], short_answers[1:]):
+    assert short.endswith('…') and long.startswith(short[:-1])

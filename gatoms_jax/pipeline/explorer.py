@@ -50,10 +50,28 @@ def _sig(x: float, digits: int = 4) -> float | None:
   return float(f'{x:.{digits}g}')
 
 
-def _clip_text(text: str, n_chars: int) -> str:
-  """Up to n_chars of text with line breaks kept (runs of blank lines cut)."""
+def _clip_text(text: str, n_bytes: int) -> str:
+  """Text cut to about n_bytes of UTF-8, line breaks kept (not blank runs).
+
+  Bytes, not characters: the file size is what the budget protects, and a
+  character costs 1 to 4 bytes.
+  """
   text = re.sub(r'\n{3,}', '\n\n', text.strip())
-  return text if len(text) <= n_chars else text[: n_chars - 1] + '…'
+  raw = text.encode('utf-8')
+  if len(raw) <= n_bytes:
+    return text
+  return raw[: max(n_bytes - 3, 0)].decode('utf-8', 'ignore') + '…'
+
+
+def excerpt_sizes(n_docs: int, text_bytes: int) -> tuple[int, int]:
+  """(prompt, answer) bytes per document for a total text budget.
+
+  A third for the prompt, two thirds for the answer (what the atoms are
+  read on), at most 2,000 / 4,000 bytes: a demo-sized run keeps its
+  documents nearly whole, 5,000 documents get ~300 / 600 bytes each.
+  """
+  per_doc = text_bytes // max(n_docs, 1)
+  return min(per_doc // 3, 2000), min(per_doc - per_doc // 3, 4000)
 
 
 def _documents_by_id(documents) -> Mapping[str, Any]:
@@ -64,7 +82,8 @@ def _documents_by_id(documents) -> Mapping[str, Any]:
   return {d.doc_id: d for d in documents}
 
 
-def _docs_block(ids, documents, prompt_chars, answer_chars, assignments):
+def _docs_block(ids, documents, text_bytes, assignments):
+  prompt_bytes, answer_bytes = excerpt_sizes(len(ids), text_bytes)
   by_id = _documents_by_id(documents)
   prompts, answers, labels, missing = [], [], [], 0
   for doc_id in ids:
@@ -75,8 +94,8 @@ def _docs_block(ids, documents, prompt_chars, answer_chars, assignments):
       answers.append('')
       labels.append(None)
       continue
-    prompts.append(_clip_text(doc.user_text, prompt_chars))
-    answers.append(_clip_text(doc.assistant_text, answer_chars))
+    prompts.append(_clip_text(doc.user_text, prompt_bytes))
+    answers.append(_clip_text(doc.assistant_text, answer_bytes))
     labels.append(None if doc.label is None else str(doc.label))
   return {
     'id': [str(i) for i in ids],
@@ -251,8 +270,7 @@ def collect(
   documents: Iterable[Any] | Mapping[str, Any] | None = None,
   *,
   config: dict | None = None,
-  prompt_chars: int = 300,
-  answer_chars: int = 600,
+  text_bytes: int = 4_500_000,
 ) -> dict:
   """Gathers everything the page shows from a run's artefacts.
 
@@ -265,7 +283,8 @@ def collect(
       shows ids and codes without text.
     config: the run's config as a dict; None: run_dir/config.json (which
       the pipeline writes after its last stage, so the report passes it).
-    prompt_chars, answer_chars: excerpt lengths stored per document.
+    text_bytes: budget for all documents' prompt and answer excerpts
+      (UTF-8 bytes before JSON escapes), shared out by `excerpt_sizes`.
 
   Returns:
     A JSON-ready dict (the page's data).
@@ -325,9 +344,7 @@ def collect(
     'run': run,
     # Coherence, keywords and purity are read on each atom's top_n documents.
     'top_n': (run['config'].get('atoms') or {}).get('top_n'),
-    'docs': _docs_block(
-      ids, documents, prompt_chars, answer_chars, assignments
-    ),
+    'docs': _docs_block(ids, documents, text_bytes, assignments),
     'atoms': atoms,
     'kmeans': kmeans,
     'sweeps': sweeps,
@@ -365,17 +382,40 @@ def write_explorer(
   run_dir: str,
   documents: Iterable[Any] | Mapping[str, Any] | None = None,
   path: str | None = None,
+  *,
+  max_bytes: int = 10 * 1024 * 1024,
+  text_bytes: int = 4_500_000,
   **kwargs,
 ) -> str:
   """Writes the explorer page of a run; returns its path.
+
+  If the page comes out over `max_bytes` (text heavy in JSON escapes, or
+  far more documents than the budget assumes), the documents' excerpts are
+  halved until it fits or they are ~100 bytes; the codes are never cut.
 
   Args:
     run_dir: results/<run>.
     documents: as in `collect`.
     path: output file (default run_dir/explorer.html).
-    **kwargs: passed to `collect` (config, excerpt lengths).
+    max_bytes: size the page should stay under.
+    text_bytes: first excerpt budget (see `collect`).
+    **kwargs: passed to `collect` (config).
   """
-  page = render(collect(run_dir, documents, **kwargs))
+  from absl import logging
+
+  while True:
+    data = collect(run_dir, documents, text_bytes=text_bytes, **kwargs)
+    page = render(data)
+    size = len(page.encode('utf-8'))
+    # Below ~100 bytes a document an excerpt says too little to keep cutting.
+    if size <= max_bytes or text_bytes < 200 * len(data['docs']['id']):
+      break
+    logging.warning(
+      'explorer page %.1f MB > %.1f MB: halving document excerpts',
+      size / 2**20,
+      max_bytes / 2**20,
+    )
+    text_bytes //= 2
   path = path or os.path.join(run_dir, 'explorer.html')
   tmp = path + '.tmp'
   with open(tmp, 'w', encoding='utf-8') as f:
