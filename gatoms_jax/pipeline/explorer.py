@@ -120,13 +120,13 @@ def _kmeans_overlap(atom_rows, assignments, cluster_members):
     inter = collections.Counter(int(assignments[r]) for r in rows)
   else:
     inter = {c: len(rows & m) for c, m in cluster_members.items()}
-  best = None
-  for c, n in inter.items():
-    if n == 0:
-      continue
+  best, best_jac = None, 0.0
+  for c, n in sorted(inter.items()):
     jac = n / (len(rows) + len(cluster_members[c]) - n)
-    if best is None or jac > best['jaccard']:
-      best = {'cluster': c, 'overlap': n, 'jaccard': _sig(jac, 3)}
+    if n and jac > best_jac:
+      best, best_jac = {'cluster': c, 'overlap': n}, jac
+  if best:
+    best['jaccard'] = _sig(best_jac, 3)
   return best
 
 
@@ -141,13 +141,18 @@ def _kmeans_block(char_dir, ids, n_rows):
       f'{path}: {assignments.shape[0]} assignments for {n_rows} code rows'
     )
   row_of = {doc_id: r for r, doc_id in enumerate(ids)}
-  members = {}
-  for s in clusters:
-    c = int(s['atom'])
-    if assignments is not None:
-      members[c] = set(np.flatnonzero(assignments == c).tolist())
-    else:
-      members[c] = {row_of[d] for d in s.get('top_doc_ids', []) if d in row_of}
+  if assignments is not None:
+    members = {
+      int(c): set(np.flatnonzero(assignments == c).tolist())
+      for c in np.unique(assignments)
+    }
+  else:
+    members = {
+      int(s['atom']): {
+        row_of[d] for d in s.get('top_doc_ids', []) if d in row_of
+      }
+      for s in clusters
+    }
   info = {
     str(s['atom']): {
       'coherence': s.get('coherence'),

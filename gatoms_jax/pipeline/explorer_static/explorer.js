@@ -163,12 +163,14 @@ function labelBars(counts) {
 const COLUMNS = [
   { key: 'rank', label: 'rank', num: true },
   { key: 'atom', label: 'atom', num: true },
-  { key: 'coherence', label: 'coherence', num: true, title: 'mean pairwise cosine of the raw gradients of the top documents' },
+  { key: 'coherence', label: 'coherence', num: true,
+    title: 'mean pairwise cosine of the raw gradients of the top documents' },
   { key: 'n_active', label: 'active docs', num: true },
   { key: 'purity', label: 'purity', num: true, title: 'share of the majority label among the top documents' },
   { key: 'majority_label', label: 'majority label' },
   { key: 'steering_effect', label: 'steering effect (pp)', num: true,
-    title: 'largest margin of the rate shift over the random controls at the same KL level, over the swept behaviours' },
+    title: 'largest margin of the rate shift over the random controls at the same KL level, '
+      + 'over the swept behaviours' },
   { key: 'keywords', label: 'keywords' },
 ];
 const tableState = { key: 'rank', dir: 1, filter: '', page: 0 };
@@ -200,7 +202,8 @@ function viewAtoms(view) {
   view.append(el('p', { class: 'muted' },
     'Ranked by coherence. Click a column to sort, a row to open the atom. ',
     summary.n_label_values_recovered !== undefined && summary.n_label_values
-      ? `Label values recovered: ${summary.n_label_values_recovered} of ${summary.n_label_values} (k-means: ${summary.kmeans_n_label_values_recovered}).`
+      ? `Label values recovered: ${summary.n_label_values_recovered} of ${summary.n_label_values} `
+        + `(k-means: ${summary.kmeans_n_label_values_recovered}).`
       : ''));
   const input = el('input', { id: 'atom-filter', type: 'search', placeholder: 'filter by keyword or label…' });
   input.value = tableState.filter;
@@ -214,7 +217,8 @@ function viewAtoms(view) {
     tableState.page = Math.min(Math.max(0, tableState.page), pages - 1);
     const page = rows.slice(tableState.page * PAGE, (tableState.page + 1) * PAGE);
     const head = el('tr', {}, COLUMNS.map((c) => {
-      const cls = ['sortable', c.num ? 'num' : '', tableState.key === c.key ? (tableState.dir > 0 ? 'sorted-asc' : 'sorted-desc') : ''];
+      const order = tableState.dir > 0 ? 'sorted-asc' : 'sorted-desc';
+      const cls = ['sortable', c.num ? 'num' : '', tableState.key === c.key ? order : ''];
       return el('th', { class: cls.join(' '), 'data-key': c.key, title: c.title || null, onclick: () => {
         // Numbers start high-to-low (except rank/atom), text A-Z.
         const first = c.num && c.key !== 'rank' && c.key !== 'atom' ? -1 : 1;
@@ -224,11 +228,13 @@ function viewAtoms(view) {
         draw();
       } }, c.label);
     }));
-    const trs = page.map((a) => el('tr', { class: 'link', 'data-atom': a.atom, onclick: () => { location.hash = '#/atom/' + a.atom; } },
+    const open = (a) => () => { location.hash = '#/atom/' + a.atom; };
+    const effect = (a) => (a.steering_effect === null ? '–' : fmt(a.steering_effect, 1) + (a.steers ? ' ✓' : ''));
+    const trs = page.map((a) => el('tr', { class: 'link', 'data-atom': a.atom, onclick: open(a) },
       el('td', { class: 'num' }, a.rank), el('td', { class: 'num' }, a.atom),
       el('td', { class: 'num' }, fmt(a.coherence)), el('td', { class: 'num' }, a.n_active),
       el('td', { class: 'num' }, fmt(a.purity, 2)), el('td', {}, a.majority_label || '–'),
-      el('td', { class: 'num' }, a.steering_effect === null ? '–' : fmt(a.steering_effect, 1) + (a.steers ? ' ✓' : '')),
+      el('td', { class: 'num' }, effect(a)),
       el('td', {}, a.keywords.join(', '))));
     const go = (p) => { tableState.page = p; draw(); };
     body.replaceChildren(
@@ -244,7 +250,7 @@ function docCard(row, value) {
   const label = DOCS.label ? DOCS.label[row] : null;
   return el('div', { class: 'doc card', 'data-row': row },
     el('div', { class: 'head' },
-      value === undefined ? null : el('span', { class: 'code ' + (value > 0 ? 'pos' : 'neg') }, (value > 0 ? '+' : '') + value),
+      el('span', { class: 'code ' + (value > 0 ? 'pos' : 'neg') }, (value > 0 ? '+' : '') + value),
       docLink(row), label ? el('span', { class: 'chip' }, label) : null),
     DOCS.prompt[row] ? el('div', { class: 'text prompt' }, DOCS.prompt[row]) : null,
     DOCS.answer[row] ? el('div', { class: 'text answer' }, DOCS.answer[row])
@@ -270,36 +276,47 @@ function viewAtom(view, k) {
   view.append(el('div', { class: 'toolbar' },
     i > 0 ? link('#/atom/' + ATOMS[i - 1].atom, '‹ previous by coherence') : '',
     i < ATOMS.length - 1 ? link('#/atom/' + ATOMS[i + 1].atom, 'next by coherence ›') : ''));
-  view.append(el('h1', { id: 'atom-title' }, `Atom ${a.atom}`, el('span', { class: 'muted' }, ` (rank ${a.rank} of ${ATOMS.length} by coherence)`)));
+  view.append(el('h1', { id: 'atom-title' }, `Atom ${a.atom}`,
+    el('span', { class: 'muted' }, ` (rank ${a.rank} of ${ATOMS.length} by coherence)`)));
   const stats = [['coherence', fmt(a.coherence)], ['active documents', `${a.n_active} of ${N_DOCS}`],
     ['majority label', a.majority_label ? `${a.majority_label} (${fmt(a.purity, 2)})` : '–'],
-    ['steering effect (pp)', a.steering_effect === null ? 'not swept' : fmt(a.steering_effect, 1) + (a.steers ? ' (steers)' : '')]];
-  view.append(el('div', { class: 'row' }, stats.map(([k2, v]) => el('div', { class: 'card stat' }, el('span', { class: 'muted' }, k2), el('b', {}, v)))));
-  view.append(el('p', { id: 'keywords' }, a.keywords.length ? a.keywords.map((w) => el('span', { class: 'chip' }, w)) : el('span', { class: 'muted' }, 'no keywords')));
+    ['steering effect (pp)', a.steering_effect === null ? 'not swept'
+      : fmt(a.steering_effect, 1) + (a.steers ? ' (steers)' : '')]];
+  view.append(el('div', { class: 'row' }, stats.map(([name, v]) =>
+    el('div', { class: 'card stat' }, el('span', { class: 'muted' }, name), el('b', {}, v)))));
+  view.append(el('p', { id: 'keywords' }, a.keywords.length
+    ? a.keywords.map((w) => el('span', { class: 'chip' }, w))
+    : el('span', { class: 'muted' }, 'no keywords')));
 
   const pairs = a.rows.map((r, j) => [r, a.values[j]]);
   const left = el('div', {}, el('h2', {}, 'Codes'),
     a.values.length ? histogram(a.values) : el('p', { class: 'muted' }, 'no non-zero codes'),
-    el('p', { class: 'muted' }, `${a.n_active} non-zero codes; the other ${N_DOCS - a.n_active} documents have code 0.`));
+    el('p', { class: 'muted' },
+      `${a.n_active} non-zero codes; the other ${N_DOCS - a.n_active} documents have code 0.`));
   const right = el('div', {});
   if (DOCS.label) {
     const counts = {};
     for (const r of a.rows) counts[DOCS.label[r]] = (counts[DOCS.label[r]] || 0) + 1;
     right.append(el('h2', {}, 'Label composition (active documents)'),
       a.rows.length ? labelBars(counts) : el('p', { class: 'muted' }, 'none'),
-      el('p', { class: 'muted' }, `Purity ${fmt(a.purity, 2)} is read on the top ${DATA.top_n || ''} documents by |code|; labels are never used by the method.`));
+      el('p', { class: 'muted' }, `Purity ${fmt(a.purity, 2)} is read on the top ${DATA.top_n || ''} `
+        + 'documents by |code|; labels are never used by the method.'));
   }
   right.append(el('h2', {}, 'Closest k-means cluster'), kmeansBox(a));
   view.append(el('div', { class: 'cols' }, left, right));
 
   if (a.sweeps.length) {
     view.append(el('h2', {}, 'Steering'));
-    view.append(el('p', { class: 'muted' }, 'Detection rate of the behaviour against the KL level the push was calibrated to (solid: this atom\'s direction, dashed: random directions at the same KL levels, dotted: unsteered).'));
+    view.append(el('p', { class: 'muted' }, 'Detection rate of the behaviour against the KL level '
+      + 'the push was calibrated to (solid: this atom\'s direction, dashed: random directions '
+      + 'at the same KL levels, dotted: unsteered).'));
     for (const s of a.sweeps) view.append(steeringBox(s));
   }
   view.append(el('div', { class: 'cols' },
-    el('div', {}, el('h2', {}, 'Top positive documents'), docList('top-positive', pairs.filter((p) => p[1] > 0))),
-    el('div', {}, el('h2', {}, 'Top negative documents'), docList('top-negative', pairs.filter((p) => p[1] < 0).reverse()))));
+    el('div', {}, el('h2', {}, 'Top positive documents'),
+      docList('top-positive', pairs.filter((p) => p[1] > 0))),
+    el('div', {}, el('h2', {}, 'Top negative documents'),
+      docList('top-negative', pairs.filter((p) => p[1] < 0).reverse()))));
 }
 
 function kmeansBox(a) {
@@ -307,8 +324,10 @@ function kmeansBox(a) {
   if (!km) return el('p', { class: 'muted' }, 'no k-means clusters in this run');
   const c = DATA.kmeans.clusters[String(km.cluster)] || {};
   return el('div', { id: 'kmeans', class: 'card' },
-    el('div', {}, el('b', {}, `cluster ${km.cluster}`), ` shares ${km.overlap} documents (Jaccard ${fmt(km.jaccard, 2)}, over cluster ${DATA.kmeans.basis})`),
-    el('div', { class: 'muted' }, `size ${fmt(c.size)}, coherence ${fmt(c.coherence)}, majority label ${c.majority_label || '–'} (${fmt(c.purity, 2)})`),
+    el('div', {}, el('b', {}, `cluster ${km.cluster}`),
+      ` shares ${km.overlap} documents (Jaccard ${fmt(km.jaccard, 2)}, over cluster ${DATA.kmeans.basis})`),
+    el('div', { class: 'muted' }, `size ${fmt(c.size)}, coherence ${fmt(c.coherence)}, `
+      + `majority label ${c.majority_label || '–'} (${fmt(c.purity, 2)})`),
     el('div', {}, (c.keywords || []).map((w) => el('span', { class: 'chip' }, w))));
 }
 
@@ -317,20 +336,24 @@ function steeringBox(s) {
   const d = sweep.directions[s.direction];
   const others = d.atoms;
   const verdict = sweep.verdicts[s.direction] || {};
+  const num = (x) => el('td', { class: 'num' }, x);
+  const passes = (p) => (p.passed === null || p.passed === undefined ? '–' : p.passed ? 'yes' : 'no');
   const rows = d.points.map((p) => el('tr', {},
-    el('td', { class: 'num' }, fmt(p.level, 2)), el('td', { class: 'num' }, p.coefficient === null ? '–' : tick(p.coefficient)),
-    el('td', { class: 'num' }, fmt(p.rate, 1)), el('td', { class: 'num' }, fmt(p.kl)),
-    el('td', { class: 'num' }, fmt(p.degenerate, 2)), el('td', {}, p.passed === null || p.passed === undefined ? '–' : (p.passed ? 'yes' : 'no')),
+    num(fmt(p.level, 2)), num(p.coefficient === null ? '–' : tick(p.coefficient)),
+    num(fmt(p.rate, 1)), num(fmt(p.kl)), num(fmt(p.degenerate, 2)), el('td', {}, passes(p)),
     el('td', { class: 'samples' }, p.samples.join('\n'))));
+  const header = ['level', 'c', 'rate %', 'KL', 'degenerate', 'passes', 'sample outputs'];
   return el('div', { class: 'card steering' },
     el('b', {}, s.behavior), ` — direction ${s.direction}`,
-    others.length > 1 ? el('span', { class: 'muted' }, ' (the matched atoms summed: ', others.map((x) => [atomLink(x), ' ']), ')') : '',
+    others.length > 1
+      ? el('span', { class: 'muted' }, ' (the matched atoms summed: ', others.map((x) => [atomLink(x), ' ']), ')')
+      : '',
     el('span', {}, verdict.steers ? ' — steers beyond random' : ' — does not beat random'),
     el('div', { class: 'row' }, doseResponse(sweep, s.direction),
       el('table', { style: 'width:auto;flex:1' },
-        el('tr', {}, ['level', 'c', 'rate %', 'KL', 'degenerate', 'passes', 'sample outputs'].map((h) => el('th', {}, h))),
-        el('tr', {}, el('td', { class: 'num' }, '0'), el('td', { class: 'num' }, '0'), el('td', { class: 'num' }, fmt(sweep.baseline, 1)),
-          el('td', { class: 'num' }, '0'), el('td', {}, ''), el('td', {}, 'baseline'), el('td', { class: 'samples' }, sweep.baseline_samples.join('\n'))),
+        el('tr', {}, header.map((h) => el('th', {}, h))),
+        el('tr', {}, num('0'), num('0'), num(fmt(sweep.baseline, 1)), num('0'), el('td', {}, ''),
+          el('td', {}, 'baseline'), el('td', { class: 'samples' }, sweep.baseline_samples.join('\n'))),
         rows)));
 }
 
@@ -351,6 +374,10 @@ const docState = { filter: '', page: 0 };
 function viewDocs(view) {
   const used = docAtoms();
   view.append(el('h1', {}, `${N_DOCS} documents`));
+  if (DOCS.n_missing_text) {
+    view.append(el('p', { class: 'muted' },
+      `${DOCS.n_missing_text} documents have no text: the report could not read them.`));
+  }
   const input = el('input', { id: 'doc-filter', type: 'search', placeholder: 'filter by id, label or text…' });
   input.value = docState.filter;
   const body = el('div');
@@ -360,7 +387,8 @@ function viewDocs(view) {
     const q = docState.filter.toLowerCase();
     const rows = [];
     for (let r = 0; r < N_DOCS; r++) {
-      if (!q || [DOCS.id[r], DOCS.label ? DOCS.label[r] : '', DOCS.prompt[r], DOCS.answer[r]].join(' ').toLowerCase().includes(q)) rows.push(r);
+      const hay = [DOCS.id[r], DOCS.label ? DOCS.label[r] : '', DOCS.prompt[r], DOCS.answer[r]];
+      if (!q || hay.join(' ').toLowerCase().includes(q)) rows.push(r);
     }
     const page = rows.slice(docState.page * PAGE, (docState.page + 1) * PAGE);
     body.replaceChildren(
@@ -418,7 +446,8 @@ function route() {
   view.replaceChildren();
   const [, name, arg] = (location.hash || '#/atoms').split('/');
   for (const n of ['atoms', 'docs', 'run']) {
-    document.getElementById('nav-' + n).classList.toggle('active', name === n || (n === 'atoms' && name === 'atom') || (n === 'docs' && name === 'doc'));
+    const active = name === n || (n === 'atoms' && name === 'atom') || (n === 'docs' && name === 'doc');
+    document.getElementById('nav-' + n).classList.toggle('active', active);
   }
   if (name === 'atom') viewAtom(view, Number(arg));
   else if (name === 'docs') viewDocs(view);
