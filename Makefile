@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 # Sharded code is tested on 4 fake CPU devices (see tests/conftest.py).
 TEST_ARGS ?=
 
-.PHONY: install test demo format lint clean bench-deps
+.PHONY: install test demo format clean bench-deps
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)

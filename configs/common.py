@@ -10,38 +10,6 @@ from __future__ import annotations
 import ml_collections
 
 
-def parse_arg(arg: str | None, **defaults):
-  """Parses `key=value,key2=value2` (or a bare preset name) like big_vision.
-
-  Args:
-    arg: the text after `:` in `--config=configs/x.py:arg`, or None.
-    **defaults: allowed keys and their default values; a bare word (no `=`)
-      sets the first key.
-
-  Returns:
-    A ConfigDict with one entry per default, overridden from `arg`.
-  """
-  result = ml_collections.ConfigDict(defaults)
-  if not arg:
-    return result
-  first = next(iter(defaults), None)
-  for item in arg.split(','):
-    if not item:
-      continue
-    if '=' not in item:
-      key, value = first, item
-    else:
-      key, value = item.split('=', 1)
-    if key not in defaults:
-      raise ValueError(f'Unknown config arg {key!r}; known: {list(defaults)}')
-    kind = type(defaults[key])
-    if kind is bool:
-      result[key] = value.lower() in ('1', 'true', 'yes')
-    else:
-      result[key] = kind(value)
-  return result
-
-
 def base_config() -> ml_collections.ConfigDict:
   """Returns every knob of the pipeline with the defaults of the CPU demo."""
   c = ml_collections.ConfigDict()
@@ -97,18 +65,21 @@ def base_config() -> ml_collections.ConfigDict:
   c.finetune.bucket_multiple = 0
   c.finetune.loss_multiple = 32
 
-  c.grads = ml_collections.ConfigDict()
-  c.grads.batch_size = 8  # documents per vmap(grad) call (per host)
-  c.grads.chunk_size = 256  # rows per on-disk chunk of the GradientStore
-  c.grads.storage_dtype = 'float32'  # float32 | bfloat16
-  c.grads.compute_dtype = 'float32'
+  c.gradients = ml_collections.ConfigDict()
+  c.gradients.batch_size = 8  # documents per vmap(grad) call (per host)
+  c.gradients.chunk_size = 256  # rows per on-disk chunk of the GradientStore
+  c.gradients.storage_dtype = 'float32'  # float32 | bfloat16
+  c.gradients.compute_dtype = 'float32'
 
-  c.ekfac = ml_collections.ConfigDict()
+  c.curvature = ml_collections.ConfigDict()
   # 'true' (labels sampled from the model) | 'empirical'
-  c.ekfac.fisher = 'true'
-  c.ekfac.batch_size = 8
-  c.ekfac.max_docs = 0  # 0: all training docs
-  c.ekfac.sample_seed = 0
+  c.curvature.fisher = 'true'
+  c.curvature.batch_size = 8
+  c.curvature.max_docs = 0  # 0: all training docs
+  c.curvature.sample_seed = 0
+  # Positions whose outputs enter the factors: 'loss' (assistant tokens, the
+  # positions that carry a loss) | 'all'.
+  c.curvature.token_scope = 'loss'
 
   c.projection = ml_collections.ConfigDict()
   c.projection.top_k = 50  # eigencomponents kept per LoRA matrix
@@ -160,6 +131,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.atoms.kmeans_n_iter = 100
   c.atoms.kmeans_n_init = 1
   c.atoms.kmeans_seed = 0
+  c.atoms.knn_k = 10  # neighbours of the kNN label-agreement check
 
   c.steering = ml_collections.ConfigDict()
   c.steering.behaviors = ('yes_no', 'code', 'refusal', 'bullets', 'numbered')
@@ -168,6 +140,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.steering.max_new_tokens = 128
   c.steering.batch_size = 32
   c.steering.n_random_controls = 2
+  c.steering.control_seed = 1000  # random control s uses seed control_seed + s
+  # Atoms used by fewer training documents are not matched to behaviours.
+  c.steering.min_active_docs = 2
   # Matched atoms per behaviour, swept one by one ('each') or as one
   # composed direction, the unit-norm sum of their deltas ('sum'). On the
   # demo the sum of the top 3 steered 3 of 5 behaviours beyond random, the
@@ -211,3 +186,122 @@ def base_config() -> ml_collections.ConfigDict:
   c.steering.degenerate_min_distinct = 0.25
   c.steering.degenerate_min_tokens = 16
   return c
+
+
+class ConfigError(ValueError):
+  """A config value has the wrong type, is out of range, or is unknown."""
+
+
+_CHOICES = {
+  'model.dtype': ('float32', 'bfloat16'),
+  'data.format': ('auto', 'chat', 'alpaca'),
+  'gradients.storage_dtype': ('float32', 'bfloat16'),
+  'gradients.compute_dtype': ('float32', 'bfloat16'),
+  'curvature.fisher': ('true', 'empirical'),
+  'curvature.token_scope': ('loss', 'all'),
+  'projection.select_by': ('kfac', 'ekfac'),
+  'projection.scale_by': ('kfac', 'ekfac'),
+  'dictionary.mode': ('full', 'minibatch'),
+  'dictionary.init': ('data', 'svd'),
+  'dictionary.coder': ('fista', 'ista'),
+  'atoms.kmeans_metric': ('cosine', 'euclidean'),
+  'steering.combine': ('sum', 'each'),
+  'steering.unproject': ('natural', 'paper'),
+  'steering.shift_direction': ('increase', 'decrease', 'either'),
+}
+# (lowest allowed, whether the lowest itself is allowed); None: no bound.
+_AT_LEAST = {
+  'lora.rank': (1, True),
+  'lora.alpha': (0, False),
+  'data.n_docs': (1, True),
+  'data.max_length': (8, True),
+  'data.bucket_multiple': (1, True),
+  'finetune.steps': (0, True),
+  'finetune.batch_size': (1, True),
+  'finetune.grad_accum': (1, True),
+  'finetune.learning_rate': (0, False),
+  'finetune.checkpoint_every': (1, True),
+  'finetune.eval_every': (1, True),
+  'finetune.loss_multiple': (1, True),
+  'gradients.batch_size': (1, True),
+  'gradients.chunk_size': (1, True),
+  'curvature.batch_size': (1, True),
+  'curvature.max_docs': (0, True),
+  'projection.top_k': (0, True),
+  'projection.epsilon': (0, True),
+  'dictionary.n_atoms': (1, True),
+  'dictionary.alpha': (0, False),
+  'dictionary.n_iter': (1, True),
+  'dictionary.coder_max_iter': (1, True),
+  'atoms.top_n': (1, True),
+  'atoms.knn_k': (1, True),
+  'steering.prompts_per_behavior': (1, True),
+  'steering.max_new_tokens': (1, True),
+  'steering.n_random_controls': (0, True),
+  'steering.atoms_per_behavior': (1, True),
+  'steering.max_kl': (0, False),
+}
+
+
+def _leaves(config, prefix=''):
+  for key, value in config.items():
+    name = f'{prefix}{key}'
+    if isinstance(value, ml_collections.ConfigDict):
+      yield from _leaves(value, name + '.')
+    else:
+      yield name, value
+
+
+def _type_ok(value, default) -> bool:
+  if isinstance(default, bool):
+    return isinstance(value, bool)
+  if isinstance(default, float):
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+  if isinstance(default, (tuple, list)):
+    return isinstance(value, (tuple, list))
+  if default is None:
+    return True
+  return isinstance(value, type(default))
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+  """Checks a resolved config against `base_config()`: known keys only,
+  the schema's types, choices and ranges.
+
+  Raises:
+    ConfigError: naming every offending key, its value and what is allowed.
+  """
+  schema = dict(_leaves(base_config()))
+  given = dict(_leaves(config))
+  problems = []
+  for key in sorted(set(given) - set(schema)):
+    problems.append(f'{key}: unknown key (not in configs/common.py)')
+  for key in sorted(set(schema) - set(given)):
+    problems.append(f'{key}: missing (configs/common.py defines it)')
+  for key, value in given.items():
+    if key not in schema:
+      continue
+    default = schema[key]
+    if not _type_ok(value, default):
+      problems.append(
+        f'{key}={value!r}: expected {type(default).__name__}, '
+        f'got {type(value).__name__}'
+      )
+      continue
+    if key in _CHOICES and value not in _CHOICES[key]:
+      problems.append(f'{key}={value!r}: choose one of {_CHOICES[key]}')
+    if key in _AT_LEAST:
+      low, inclusive = _AT_LEAST[key]
+      if value < low or (value == low and not inclusive):
+        op = '>=' if inclusive else '>'
+        problems.append(f'{key}={value!r}: must be {op} {low}')
+  fraction = given.get('data.heldout_fraction')
+  if fraction is not None and not 0 <= fraction < 1:
+    problems.append(f'data.heldout_fraction={fraction!r}: must be in [0, 1)')
+  levels = given.get('steering.kl_levels')
+  if levels is not None and not all(
+    isinstance(x, (int, float)) and x > 0 for x in levels
+  ):
+    problems.append(f'steering.kl_levels={levels!r}: positive numbers only')
+  if problems:
+    raise ConfigError('Invalid config:\n  ' + '\n  '.join(problems))

@@ -25,7 +25,7 @@ def get_config():
   # K = 60 it has ~25, the paper's regime (median ~100 docs ≥ 20).
   c.dictionary.n_atoms = 60
   # Kronecker factors from a 256-doc sample (the correction uses every doc).
-  c.ekfac.max_docs = 256
+  c.curvature.max_docs = 256
   # Steering on 2 CPU cores: 30 prompts per behaviour (18 inviting, 12
   # controls), two KL levels, one random control.
   c.steering.prompts_per_behavior = 30

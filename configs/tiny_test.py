@@ -1,11 +1,11 @@
 r"""Tiny random model for tests and quick smoke runs (seconds on a CPU).
 
   python -m experiments.finetune --config=configs/tiny_test.py \
-    --workdir=/tmp/tiny_finetune
+    --workdir=/tmp/tiny_results
 
 The model is the `tiny_llama` preset (2 layers, width 64) with random
 weights, its vocabulary resized to the tokenizer's
-(`gatoms_jax.finetune.load_model_and_tokenizer`): with the embedded SmolLM2
+(`gatoms_jax.core.loading.load_model_and_tokenizer`): with the embedded SmolLM2
 tokenizer that is 49,152 ids, a 3.1M-parameter embedding, still fast. Tests
 pass a small byte-level tokenizer instead (`--config.model.tokenizer=DIR`).
 """

@@ -15,6 +15,8 @@ import jax  # noqa: E402
 from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
+from gatoms_jax.core.io import write_json  # noqa: E402
+
 _CONFIG = config_flags.DEFINE_config_file(
   'config', 'configs/smollm2_demo.py', 'Pipeline config file.', lock_config=True
 )
@@ -24,11 +26,14 @@ _WORKDIR = flags.DEFINE_string(
 
 
 def resolved_config():
-  """The --config with --workdir applied."""
+  """The --config with --workdir applied, validated against the schema."""
+  from configs import common
+
   config = _CONFIG.value
   if _WORKDIR.value:
     with config.unlocked():
       config.results_dir = _WORKDIR.value
+  common.validate(config)
   return config
 
 
@@ -46,8 +51,7 @@ def log_setup(config) -> None:
   logging.info('config:\n%s', config)
   run_dir = os.path.join(config.results_dir, config.run_name)
   os.makedirs(run_dir, exist_ok=True)
-  with open(os.path.join(run_dir, 'config.resolved.json'), 'w') as f:
-    json.dump(config.to_dict(), f, indent=1, default=str)
+  write_json(os.path.join(run_dir, 'config.resolved.json'), config.to_dict())
 
 
 def run_stages(stages_flag_value: str, force: bool = False) -> dict:

@@ -1,9 +1,9 @@
 r"""Benchmark: gatoms_jax dictionary learning vs scikit-learn, quality-matched.
 
 Runs scikit-learn's MiniBatchDictionaryLearning (fit + lasso_lars transform of
-all rows) and `gatoms_jax.dictionary.learn_dictionary` on the same matrix in
+all rows) and `gatoms_jax.method.dictionary.learn_dictionary` on the same matrix in
 one process, scores both with the same float64 objective
-½‖X − A D‖²_F + α‖A‖₁ (`gatoms_jax.lasso.objective`), and reports
+½‖X − A D‖²_F + α‖A‖₁ (`gatoms_jax.method.lasso.objective`), and reports
 
   speedup_vs_sklearn = sklearn fit+transform seconds
                        ÷ gatoms_jax seconds until its recorded objective first
@@ -35,7 +35,7 @@ import numpy as np
 from absl import app, flags, logging
 
 from configs import common
-from gatoms_jax import dictionary, lasso
+from gatoms_jax.method import dictionary, lasso
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string('matrix', None, '(N, d) .npy file; default: planted data.')

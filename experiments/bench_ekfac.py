@@ -87,8 +87,9 @@ def _set_devices(n: int) -> None:
 
 def load_data():
   """Tokenised docs, their batches (length-sorted), and per-batch valid masks."""
-  from gatoms_jax import tokenizer as tokenizer_lib
-  from gatoms_jax.data import mixture, tokenize
+  from gatoms_jax.core.data import tokenizer as tokenizer_lib
+  from gatoms_jax.demo import mixture
+  from gatoms_jax.core.data import tokenize
 
   tok = tokenizer_lib.load_tokenizer('embedded')
   docs = mixture.generate_mixture(FLAGS.n_docs, seed=FLAGS.data_seed)
@@ -113,11 +114,13 @@ def load_data():
 def run_jax(tokenized, batches):
   import jax
 
-  from gatoms_jax import curvature, grads, sharding
-  from gatoms_jax import store as store_lib
-  from gatoms_jax.models import convert
-  from gatoms_jax.models import lora as lora_lib
-  from gatoms_jax.models.transformer import LoraConfig
+  from gatoms_jax.core import losses
+  from gatoms_jax.method import curvature, gradients as grads
+  from gatoms_jax.core import sharding
+  from gatoms_jax.core import store as store_lib
+  from gatoms_jax.core.models import convert
+  from gatoms_jax.core.models import lora as lora_lib
+  from gatoms_jax.core.models.transformer import LoraConfig
 
   lcfg = LoraConfig(
     rank=FLAGS.lora_rank,
@@ -184,8 +187,8 @@ def run_jax(tokenized, batches):
 
   # Summed loss of the first batch, for the cross-framework sanity check.
   batch, _ = batches[0]
-  index, weight = grads.loss_positions(batch.loss_mask)
-  loss = float(grads.batch_loss(lora, mdef, base, batch.tokens, index, weight))
+  index, weight = losses.loss_positions(batch.loss_mask)
+  loss = float(losses.batch_loss(lora, mdef, base, batch.tokens, index, weight))
   return factors, lora, timings, compile_s, loss
 
 
@@ -199,8 +202,8 @@ def _peft_model(lora_tree):
   import torch
   import transformers
 
-  from gatoms_jax.models import convert
-  from gatoms_jax.models import lora as lora_lib
+  from gatoms_jax.core.models import convert
+  from gatoms_jax.core.models import lora as lora_lib
 
   path = convert.embedded_model_path()
   model = transformers.AutoModelForCausalLM.from_pretrained(

@@ -101,9 +101,9 @@ def build_documents(tokenizer, n_docs, min_len, max_len, seed):
   Returns:
     (TokenizedDocs, source description).
   """
-  from gatoms_jax.data.documents import Document, make_messages
-  from gatoms_jax.data.mixture import generate_mixture
-  from gatoms_jax.data.tokenize import tokenize_documents
+  from gatoms_jax.core.data.documents import Document, make_messages
+  from gatoms_jax.demo.mixture import generate_mixture
+  from gatoms_jax.core.data.tokenize import tokenize_documents
 
   pool = generate_mixture(max(400, 12 * n_docs), seed=seed)
   single, _ = tokenize_documents(pool, tokenizer, max_length=4096)
@@ -216,9 +216,9 @@ def _cpu_seconds() -> float:
 
 
 def load_jax(seed, b_std):
-  from gatoms_jax.models import convert
-  from gatoms_jax.models import lora as lora_lib
-  from gatoms_jax.models.transformer import LoraConfig
+  from gatoms_jax.core.models import convert
+  from gatoms_jax.core.models import lora as lora_lib
+  from gatoms_jax.core.models.transformer import LoraConfig
 
   model = convert.load_model(
     'embedded', lora=LoraConfig(rank=RANK, alpha=ALPHA, targets=TARGETS)
@@ -234,8 +234,8 @@ def load_torch(lora_tree):
   import torch
   import transformers
 
-  from gatoms_jax.models import lora as lora_lib
-  from gatoms_jax.tokenizer import embedded_gguf_path
+  from gatoms_jax.core.models import lora as lora_lib
+  from gatoms_jax.core.data.tokenizer import embedded_gguf_path
 
   path = embedded_gguf_path()
   model = transformers.AutoModelForCausalLM.from_pretrained(
@@ -333,8 +333,8 @@ def main(argv):
   import jax
   import torch
 
-  from gatoms_jax import grads
-  from gatoms_jax.tokenizer import load_tokenizer
+  from gatoms_jax.method import gradients as grads
+  from gatoms_jax.core.data.tokenizer import load_tokenizer
 
   torch.set_num_threads(os.cpu_count())
   logging.info('jax %s on %s; torch %s with %d threads', jax.__version__,

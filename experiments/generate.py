@@ -14,7 +14,7 @@ from __future__ import annotations
 from absl import app
 from absl import flags
 
-from gatoms_jax.models import generate as generate_lib
+from gatoms_jax.core.models import generate as generate_lib
 
 _MODEL = flags.DEFINE_string(
   'model', 'embedded', 'HF model directory, .gguf file, or "embedded".'

@@ -1,5 +1,5 @@
-"""End to end: finetune → curvature → extract → project → dictionary →
-characterize → steer → report, each stage skipped when complete and current.
+"""End to end: finetune → curvature → gradients → projection → dictionary →
+atoms → steering → report, each stage skipped when complete and current.
 
   python -m experiments.pipeline --config=configs/smollm2_demo.py \
     [--config.run_name=NAME] [--config.data.path=FILE.jsonl] [--stages=a,b]

@@ -1,33 +1,39 @@
 """gatoms_jax: Gradient Atoms in JAX.
 
 Finds what a fine-tuning set teaches a model without labels: one LoRA gradient
-per document (`grads`), rotated and rescaled by EK-FAC curvature
-(`curvature`, `projection`), a sparse dictionary over them (`dictionary`),
-atoms read as document clusters (`atoms`) and as steering vectors (`steer`).
+per document (`method.gradients`), rotated and rescaled by EK-FAC curvature
+(`method.curvature`, `method.projection`), a sparse dictionary over them
+(`method.dictionary`), atoms read as document clusters (`method.atoms`) and as
+steering vectors (`method.steering`).
+
+Layers, each importing only those below it: `core` (model port, loaders,
+LoRA, data, sharding, artefact I/O) ← `demo` (generated mixture, built-in
+prompts) ← `method` ← `pipeline` (stages, manifests, report). This module
+re-exports the public API.
 """
 
-from gatoms_jax.curvature import (
+from gatoms_jax.core.data.tokenize import Batch
+from gatoms_jax.core.models.config import ModelConfig
+from gatoms_jax.core.models.convert import load_model
+from gatoms_jax.core.models.lora import flatten, merge, split, unflatten
+from gatoms_jax.core.models.transformer import LoraConfig, Transformer
+from gatoms_jax.core.store import GradientStore, layout_from_tree
+from gatoms_jax.method.curvature import (
   Factors,
   correct_eigenvalues,
   eigendecompose,
   fit_factors,
 )
-from gatoms_jax.dictionary import DictionaryResult, learn_dictionary
-from gatoms_jax.grads import GradientExtractor, extract_to_store
-from gatoms_jax.lasso import sparse_encode
-from gatoms_jax.models.config import ModelConfig
-from gatoms_jax.models.convert import load_model
-from gatoms_jax.models.lora import flatten, merge, split, unflatten
-from gatoms_jax.models.transformer import LoraConfig, Transformer
-from gatoms_jax.projection import (
+from gatoms_jax.method.dictionary import DictionaryResult, learn_dictionary
+from gatoms_jax.method.gradients import GradientExtractor, extract_to_store
+from gatoms_jax.method.lasso import sparse_encode
+from gatoms_jax.method.projection import (
   ProjectionSpec,
   Projector,
   make_spec,
   unproject,
 )
-from gatoms_jax.data.tokenize import Batch
-from gatoms_jax.steer import AtomDirections
-from gatoms_jax.store import GradientStore, layout_from_tree
+from gatoms_jax.method.steering.directions import AtomDirections, steer
 
 __version__ = '0.1.0'
 
@@ -55,6 +61,7 @@ __all__ = [
   'merge',
   'sparse_encode',
   'split',
+  'steer',
   'unflatten',
   'unproject',
 ]

@@ -13,3 +13,11 @@ if _FLAG.split('=')[0] not in os.environ.get('XLA_FLAGS', ''):
   ).strip()
 os.environ.setdefault('JAX_PLATFORMS', 'cpu')
 os.environ.setdefault('TOKENIZERS_PARALLELISM', 'false')
+
+# Child processes started by tests import configs/ and the tests' helpers the
+# same way pytest does (pyproject's `pythonpath`).
+_REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_PATHS = [_REPO, os.path.join(_REPO, 'tests')]
+os.environ['PYTHONPATH'] = os.pathsep.join(
+  _PATHS + [p for p in os.environ.get('PYTHONPATH', '').split(os.pathsep) if p]
+)

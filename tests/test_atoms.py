@@ -1,4 +1,4 @@
-"""Tests of gatoms_jax.atoms: characterisation, label recovery, k-means."""
+"""Tests of gatoms_jax.method.atoms: characterisation, label recovery, k-means."""
 
 import json
 import os
@@ -7,7 +7,8 @@ import tempfile
 import numpy as np
 from absl.testing import absltest, parameterized
 
-from gatoms_jax import atoms, behaviors
+from gatoms_jax.method import atoms
+from gatoms_jax.method.steering import behaviors
 
 
 def _fixture():

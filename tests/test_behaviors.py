@@ -1,4 +1,4 @@
-"""Tests of gatoms_jax.behaviors, gatoms_jax.prompt_sets and gatoms_jax.text."""
+"""Tests of gatoms_jax.method.steering.behaviors, gatoms_jax.demo.prompt_sets and gatoms_jax.method.text."""
 
 import json
 import math
@@ -8,7 +8,9 @@ import tempfile
 import numpy as np
 from absl.testing import absltest, parameterized
 
-from gatoms_jax import behaviors, prompt_sets, text
+from gatoms_jax.method.steering import behaviors
+from gatoms_jax.demo import prompt_sets
+from gatoms_jax.method import text
 
 
 class DetectorTest(parameterized.TestCase):

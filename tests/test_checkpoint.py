@@ -19,13 +19,10 @@ import numpy as np
 import optax
 from absl.testing import absltest
 
-from gatoms_jax import checkpoint as ckpt_lib
-from gatoms_jax import sharding
+from gatoms_jax.core import checkpoint as ckpt_lib
+from gatoms_jax.core import sharding
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TESTS = os.path.join(REPO, 'tests')
-if TESTS not in sys.path:
-  sys.path.insert(0, TESTS)
 import tiny_tokenizer  # noqa: E402
 
 # The killed run: finetune on configs/tiny_test.py, sleeping after each step
@@ -33,9 +30,8 @@ import tiny_tokenizer  # noqa: E402
 _DRIVER = textwrap.dedent(
   """
   import sys, time
-  sys.path.insert(0, {repo!r})
   from configs import tiny_test
-  from gatoms_jax import finetune
+  from gatoms_jax.method import finetune
   workdir, tok, delay = sys.argv[1], sys.argv[2], float(sys.argv[3])
   config = tiny_test.get_config()
   config.model.tokenizer = tok
@@ -200,7 +196,9 @@ class ResumeAfterSigkillTest(_TempDirTest):
       JAX_COMPILATION_CACHE_DIR=os.path.join(self.dir, 'jax_cache'),
       JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS='0',
     )
-    killed = os.path.join(self.dir, 'killed')
+    # The app's --workdir is the results root: <root>/<run_name>/finetune.
+    killed_root = os.path.join(self.dir, 'killed')
+    killed = os.path.join(killed_root, 'tiny_test', 'finetune')
     steps = 8  # configs/tiny_test.py; checkpoints every 2 steps
     proc = subprocess.Popen(
       [sys.executable, driver, killed, tok, '0.3'],
@@ -238,10 +236,11 @@ class ResumeAfterSigkillTest(_TempDirTest):
         check=False,
       )
       self.assertEqual(out.returncode, 0, out.stderr.decode()[-3000:])
-      with open(os.path.join(workdir, 'result.json')) as f:
+      stage_dir = os.path.join(workdir, 'tiny_test', 'finetune')
+      with open(os.path.join(stage_dir, 'result.json')) as f:
         return json.load(f)
 
-    resumed = cli(killed)
+    resumed = cli(killed_root)
     self.assertGreaterEqual(resumed['resumed_from_step'], 4)
     self.assertLess(resumed['resumed_from_step'], steps)
     reference = cli(os.path.join(self.dir, 'reference'))
@@ -250,9 +249,8 @@ class ResumeAfterSigkillTest(_TempDirTest):
     # the parameters come out bit for bit equal.
     self.assertEqual(resumed['history'], reference['history'])
     tree = lambda d: ckpt_lib.load_pytree(os.path.join(d, 'lora'))
-    _assert_trees_equal(
-      self, tree(killed), tree(os.path.join(self.dir, 'reference'))
-    )
+    reference_dir = os.path.join(self.dir, 'reference', 'tiny_test', 'finetune')
+    _assert_trees_equal(self, tree(killed), tree(reference_dir))
 
 
 if __name__ == '__main__':

@@ -1,4 +1,4 @@
-"""Tests for gatoms_jax.curvature (EK-FAC factors, eigensolver, correction).
+"""Tests for gatoms_jax.method.curvature (EK-FAC factors, eigensolver, correction).
 
 The factor pass gets its output gradients s from zero probes added to every
 LoRA output (`LoraTaps`). The brute-force references here avoid that trick:
@@ -26,12 +26,13 @@ import jax.numpy as jnp
 import numpy as np
 from absl.testing import absltest, parameterized
 
-from gatoms_jax import curvature, grads, sharding
-from gatoms_jax import store as store_lib
-from gatoms_jax.losses import token_nll
-from gatoms_jax.models import config as config_lib
-from gatoms_jax.models import lora as lora_lib
-from gatoms_jax.models.transformer import LoraConfig, LoraTaps
+from gatoms_jax.method import curvature, gradients as grads
+from gatoms_jax.core import sharding
+from gatoms_jax.core import store as store_lib
+from gatoms_jax.core.losses import token_nll
+from gatoms_jax.core.models import config as config_lib
+from gatoms_jax.core.models import lora as lora_lib
+from gatoms_jax.core.models.transformer import LoraConfig, LoraTaps
 
 TARGETS = ('q_proj', 'v_proj', 'down_proj')
 

@@ -9,7 +9,8 @@ import numpy as np
 from absl.testing import absltest, parameterized
 
 from configs import common
-from gatoms_jax import dictionary, lasso, sharding
+from gatoms_jax.method import dictionary, lasso
+from gatoms_jax.core import sharding
 
 
 def _planted(seed, n=601, d=48, k=12, noise=0.02):

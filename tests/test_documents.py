@@ -1,4 +1,4 @@
-"""Tests for gatoms_jax.data.documents (Document, JSONL readers)."""
+"""Tests for gatoms_jax.core.data.documents (Document, JSONL readers)."""
 
 import json
 import os
@@ -8,8 +8,9 @@ import tempfile
 import ml_collections
 from absl.testing import absltest, parameterized
 
-from gatoms_jax.data import documents as docs_lib
-from gatoms_jax.data.documents import DataError, read_jsonl
+from gatoms_jax.demo import sources
+from gatoms_jax.core.data import documents as docs_lib
+from gatoms_jax.core.data.documents import DataError, read_jsonl
 
 CHAT = {
   'messages': [
@@ -114,10 +115,10 @@ class ParseTest(ReaderTestBase):
         generator_seed=0,
       )
     )
-    (doc,) = docs_lib.load_documents(cfg)
+    (doc,) = sources.load_documents(cfg)
     self.assertEqual(doc.label, 'greeting')
     cfg.path = ''
-    generated = docs_lib.load_documents(cfg)
+    generated = sources.load_documents(cfg)
     self.assertLen(generated, 30)
     self.assertEqual(generated[0].doc_id, 'gen0-000000')
 

@@ -25,9 +25,9 @@ _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, _ROOT)
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from gatoms_jax import atoms as atoms_lib  # noqa: E402
-from gatoms_jax.data.documents import Document  # noqa: E402
-from gatoms_jax.io_utils import write_json  # noqa: E402
+from gatoms_jax.method import atoms as atoms_lib  # noqa: E402
+from gatoms_jax.core.data.documents import Document  # noqa: E402
+from gatoms_jax.core.io import write_json  # noqa: E402
 from gatoms_jax.pipeline import explorer  # noqa: E402
 
 CHROMIUM = '/usr/bin/chromium'
@@ -67,7 +67,7 @@ def _synthetic_run(root, n_docs, n_atoms, nnz_per_doc, seed=0):
   """
   rng = np.random.default_rng(seed)
   run = os.path.join(root, 'synthetic')
-  for stage in ('project', 'dictionary', 'characterize', 'steer'):
+  for stage in ('projection', 'dictionary', 'atoms', 'steering'):
     os.makedirs(os.path.join(run, stage))
   ids = [f'doc{i:05d}' for i in range(n_docs)]
   labels = [f'task{i % 12}' for i in range(n_docs)]
@@ -95,7 +95,7 @@ def _synthetic_run(root, n_docs, n_atoms, nnz_per_doc, seed=0):
     cols = rng.choice(n_atoms, nnz_per_doc, replace=False)
     codes[i, cols] = rng.normal(size=nnz_per_doc)
   np.save(os.path.join(run, 'dictionary', 'codes.npy'), codes)
-  write_json(os.path.join(run, 'project', 'ids.json'), ids)
+  write_json(os.path.join(run, 'projection', 'ids.json'), ids)
   summaries = []
   for k in range(n_atoms):
     top = np.argsort(-np.abs(codes[:, k]))[:20]
@@ -116,16 +116,16 @@ def _synthetic_run(root, n_docs, n_atoms, nnz_per_doc, seed=0):
       }
     )
   atoms_lib.save_atom_summaries(
-    os.path.join(run, 'characterize', 'atoms.json'), summaries
+    os.path.join(run, 'atoms', 'atoms.json'), summaries
   )
   assign = rng.integers(0, n_atoms, n_docs)
-  np.save(os.path.join(run, 'characterize', 'kmeans_assignments.npy'), assign)
+  np.save(os.path.join(run, 'atoms', 'kmeans_assignments.npy'), assign)
   clusters = [
     {'atom': c, 'n_active': int((assign == c).sum()), 'coherence': 0.1}
     for c in np.unique(assign)
   ]
   atoms_lib.save_atom_summaries(
-    os.path.join(run, 'characterize', 'kmeans.json'), clusters
+    os.path.join(run, 'atoms', 'kmeans.json'), clusters
   )
   levels = (-2.0, -0.5, 0.5, 2.0)
 
@@ -142,7 +142,7 @@ def _synthetic_run(root, n_docs, n_atoms, nnz_per_doc, seed=0):
     }
 
   write_json(
-    os.path.join(run, 'steer', 'sweeps.json'),
+    os.path.join(run, 'steering', 'sweeps.json'),
     {
       'bullets': {
         'baseline': {'rate': 40.0, 'outputs': ['base'] * 40},
@@ -215,7 +215,7 @@ def test_collect_reads_sweeps_and_kmeans(tmp_path):
     2.0,
   ]
   # The overlapping cluster is the best Jaccard match over full members.
-  assign = np.load(os.path.join(run, 'characterize', 'kmeans_assignments.npy'))
+  assign = np.load(os.path.join(run, 'atoms', 'kmeans_assignments.npy'))
   for k, a in by_atom.items():
     rows = set(np.flatnonzero(codes[:, k]).tolist())
     best = max(
@@ -301,7 +301,7 @@ def tiny_run(tmp_path_factory):
   from test_pipeline import tiny_config
 
   from gatoms_jax import pipeline
-  from gatoms_jax.data import load_documents
+  from gatoms_jax.demo.sources import load_documents
 
   root = tmp_path_factory.mktemp('tiny')
   config = tiny_config(
@@ -321,10 +321,10 @@ def test_tiny_run_in_browser(browser, tiny_run, tmp_path):
   run_dir, docs = tiny_run
   path = os.path.join(run_dir, 'explorer.html')
   assert os.path.exists(path), 'the report stage writes explorer.html'
-  with open(os.path.join(run_dir, 'project', 'ids.json')) as f:
+  with open(os.path.join(run_dir, 'projection', 'ids.json')) as f:
     ids = json.load(f)
   codes = np.load(os.path.join(run_dir, 'dictionary', 'codes.npy'))
-  with open(os.path.join(run_dir, 'steer', 'sweeps.json')) as f:
+  with open(os.path.join(run_dir, 'steering', 'sweeps.json')) as f:
     swept = [
       d for d in json.load(f)['yes_no']['directions'] if d.startswith('atom')
     ]

@@ -22,18 +22,17 @@ from absl.testing import parameterized
 from flax import nnx
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if REPO not in sys.path:
-  sys.path.insert(0, REPO)
 
 from configs import tiny_test  # noqa: E402
-from gatoms_jax import data as data_lib  # noqa: E402
-from gatoms_jax import finetune as ft_lib  # noqa: E402
-from gatoms_jax import grads as grads_lib  # noqa: E402
-from gatoms_jax.models import config as config_lib  # noqa: E402
-from gatoms_jax.models import lora as lora_lib  # noqa: E402
-from gatoms_jax.models.transformer import LoraConfig, Transformer  # noqa: E402
+from gatoms_jax.demo import accuracy  # noqa: E402
+from gatoms_jax.core import loading  # noqa: E402
+from gatoms_jax.core import data as data_lib  # noqa: E402
+from gatoms_jax.method import finetune as ft_lib  # noqa: E402
+from gatoms_jax.core import losses  # noqa: E402
+from gatoms_jax.core.models import config as config_lib  # noqa: E402
+from gatoms_jax.core.models import lora as lora_lib  # noqa: E402
+from gatoms_jax.core.models.transformer import LoraConfig, Transformer  # noqa: E402
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import tiny_tokenizer  # noqa: E402
 
 STEPS = tiny_test.get_config().finetune.steps
@@ -82,7 +81,7 @@ class FinetuneRunTest(absltest.TestCase):
     self.assertGreater(r.tokens_per_s, 0)
 
   def test_exports_load_back(self):
-    from gatoms_jax.models import peft as peft_lib
+    from gatoms_jax.core.models import peft as peft_lib
 
     r = self.result
     for name in ('adapter_config.json', 'adapter_model.safetensors'):
@@ -90,7 +89,7 @@ class FinetuneRunTest(absltest.TestCase):
     tree, lora_config = peft_lib.load_peft_adapter(
       r.adapter_dir, r.mdef, dtype=jnp.float32
     )
-    self.assertEqual(lora_config, ft_lib.lora_config_from(self.config))
+    self.assertEqual(lora_config, loading.lora_config_from(self.config))
     # safetensors stores the float32 bits unchanged.
     _assert_trees_close(self, tree, r.lora, atol=0)
     _assert_trees_close(
@@ -123,7 +122,7 @@ class FinetuneRunTest(absltest.TestCase):
       for d in data_lib.generate_mixture(30, 0)
       if d.label in ('arithmetic', 'yes_no')
     ][:3]
-    scores = ft_lib.greedy_accuracy(
+    scores = accuracy.greedy_accuracy(
       r.mdef,
       r.base,
       r.lora,
@@ -170,11 +169,14 @@ class CliTest(absltest.TestCase):
     with self.assertRaises(Exception):  # app.UsageError
       cli.main(['finetune', 'extra'])
     cli.main(['finetune'])
-    with open(os.path.join(workdir, 'config.json')) as f:
+    run_dir = os.path.join(workdir, 'tiny_test')
+    with open(os.path.join(run_dir, 'config.json')) as f:
       self.assertEqual(json.load(f)['finetune']['steps'], 1)
-    with open(os.path.join(workdir, 'result.json')) as f:
+    stage_dir = os.path.join(run_dir, 'finetune')
+    with open(os.path.join(stage_dir, 'result.json')) as f:
       self.assertEqual(json.load(f)['steps'], 1)
-    self.assertTrue(os.path.isdir(os.path.join(workdir, 'checkpoints', '1')))
+    self.assertTrue(os.path.isdir(os.path.join(stage_dir, 'checkpoints', '1')))
+    self.assertTrue(os.path.exists(os.path.join(stage_dir, 'manifest.json')))
 
 
 class GradAccumTest(parameterized.TestCase):
@@ -198,7 +200,7 @@ class GradAccumTest(parameterized.TestCase):
     batch = next(
       data_lib.make_batches([self.docs[i] for i in rows], len(rows), width)
     )
-    index, weight = grads_lib.loss_positions(batch.loss_mask, 128)
+    index, weight = losses.loss_positions(batch.loss_mask, 128)
     return {
       'tokens': jnp.asarray(batch.tokens),
       'index': jnp.asarray(index),
@@ -302,11 +304,11 @@ class ScoringTest(parameterized.TestCase):
     ('yes_no', 'No. The capital is Paris.', '  No!', True),
   )
   def test_score_answer(self, task, reference, answer, expected):
-    self.assertEqual(ft_lib.score_answer(task, reference, answer), expected)
+    self.assertEqual(accuracy.score_answer(task, reference, answer), expected)
 
   def test_unknown_task_raises(self):
     with self.assertRaises(ValueError):
-      ft_lib.score_answer('email', 'a', 'b')
+      accuracy.score_answer('email', 'a', 'b')
 
 
 if __name__ == '__main__':

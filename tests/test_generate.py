@@ -10,11 +10,11 @@ import jax.numpy as jnp
 import numpy as np
 from absl.testing import absltest, parameterized
 
-from gatoms_jax.models import convert
-from gatoms_jax.models import generate as gen
-from gatoms_jax.models import lora as lora_lib
-from gatoms_jax.models.config import tiny_llama
-from gatoms_jax.models.transformer import LoraConfig
+from gatoms_jax.core.models import convert
+from gatoms_jax.core.models import generate as gen
+from gatoms_jax.core.models import lora as lora_lib
+from gatoms_jax.core.models.config import tiny_llama
+from gatoms_jax.core.models.transformer import LoraConfig
 
 try:
   import torch
@@ -286,8 +286,8 @@ class RealGGUFGenerateTest(absltest.TestCase):
   """SmolLM2-135M-Instruct: greedy chat completions equal transformers'."""
 
   def test_greedy_chat_matches_transformers(self):
-    from gatoms_jax import tokenizer as tokenizer_lib
-    from gatoms_jax.data import tokenize as tokenize_lib
+    from gatoms_jax.core.data import tokenizer as tokenizer_lib
+    from gatoms_jax.core.data import tokenize as tokenize_lib
 
     path, model, hf = test_models.real_models()
     tok = tokenizer_lib.load_tokenizer(path)

@@ -1,4 +1,4 @@
-"""Tests for gatoms_jax.grads: per-document LoRA gradients and their store."""
+"""Tests for gatoms_jax.method.gradients: per-document LoRA gradients and their store."""
 
 import functools
 import os
@@ -13,13 +13,14 @@ import numpy as np
 from absl.testing import absltest, parameterized
 
 import gatoms_jax
-from gatoms_jax import grads, sharding
-from gatoms_jax.data.tokenize import TokenizedDoc
-from gatoms_jax.losses import summed_ce
-from gatoms_jax.models import config as config_lib
-from gatoms_jax.models import lora as lora_lib
-from gatoms_jax.models.transformer import LoraConfig
-from gatoms_jax.store import GradientStore, layout_from_tree
+from gatoms_jax.method import gradients as grads
+from gatoms_jax.core import sharding
+from gatoms_jax.core.data.tokenize import TokenizedDoc
+from gatoms_jax.core.losses import summed_ce
+from gatoms_jax.core.models import config as config_lib
+from gatoms_jax.core.models import lora as lora_lib
+from gatoms_jax.core.models.transformer import LoraConfig
+from gatoms_jax.core.store import GradientStore, layout_from_tree
 
 # q/v as in the paper, plus an MLP module (different in/out widths).
 LORA = LoraConfig(rank=4, alpha=8.0, targets=('q_proj', 'v_proj', 'down_proj'))
@@ -190,9 +191,8 @@ class PlanTest(absltest.TestCase):
 
 _CHILD = """
 import sys, time
-from gatoms_jax import grads
-from gatoms_jax.store import GradientStore
-sys.path.insert(0, sys.argv[2])
+from gatoms_jax.method import gradients as grads
+from gatoms_jax.core.store import GradientStore
 import test_grads as t
 
 path = sys.argv[1]

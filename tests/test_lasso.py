@@ -6,7 +6,8 @@ import numpy as np
 from absl.testing import absltest, parameterized
 from sklearn.linear_model import Lasso
 
-from gatoms_jax import lasso, sharding
+from gatoms_jax.method import lasso
+from gatoms_jax.core import sharding
 
 
 def _unit_rows(rng, n, d):

@@ -1,4 +1,4 @@
-"""Tests for the embedded generated task mixture (gatoms_jax.data.mixture)."""
+"""Tests for the embedded generated task mixture (gatoms_jax.demo.mixture)."""
 
 import ast
 import collections
@@ -6,9 +6,9 @@ import re
 
 from absl.testing import absltest, parameterized
 
-from gatoms_jax.data import mixture
-from gatoms_jax.data import mixture_tables as tb
-from gatoms_jax.data.mixture import TASK_TYPES, generate_mixture
+from gatoms_jax.demo import mixture
+from gatoms_jax.demo import mixture_tables as tb
+from gatoms_jax.demo.mixture import TASK_TYPES, generate_mixture
 
 N = 1200  # the demo's default mixture size
 _DOCS = {}
@@ -227,7 +227,7 @@ class CorrectnessTest(parameterized.TestCase):
         )
 
   def test_pig_latin(self):
-    from gatoms_jax.data.mixture_formats import _pig_latin  # pylint: disable=g-import-not-at-top
+    from gatoms_jax.demo.mixture_formats import _pig_latin  # pylint: disable=g-import-not-at-top
 
     self.assertEqual(_pig_latin('dog'), 'ogday')
     self.assertEqual(_pig_latin('apple'), 'appleway')

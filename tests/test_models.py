@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl.testing import absltest, parameterized
 
-from gatoms_jax.models import convert
+from gatoms_jax.core.models import convert
 
 try:
   import torch

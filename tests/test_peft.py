@@ -12,10 +12,10 @@ import jax.numpy as jnp
 import numpy as np
 from absl.testing import absltest, parameterized
 
-from gatoms_jax.models import convert
-from gatoms_jax.models import lora as lora_lib
-from gatoms_jax.models import peft as peft_lib
-from gatoms_jax.models.transformer import LoraConfig
+from gatoms_jax.core.models import convert
+from gatoms_jax.core.models import lora as lora_lib
+from gatoms_jax.core.models import peft as peft_lib
+from gatoms_jax.core.models.transformer import LoraConfig
 
 try:
   import peft
@@ -107,7 +107,7 @@ class PeftParityTest(parameterized.TestCase):
 
 
 def _tiny_lora_model(lora_config=LORA, **overrides):
-  from gatoms_jax.models.config import tiny_llama
+  from gatoms_jax.core.models.config import tiny_llama
 
   model = lora_lib.make_model(tiny_llama(**overrides), lora_config)
   mdef, base, lora = lora_lib.split(model)

@@ -21,7 +21,6 @@ from gatoms_jax import pipeline
 from gatoms_jax.pipeline import manifest
 
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import tiny_tokenizer  # noqa: E402
 
 # Overrides shared by the in-process run and the subprocess run.
@@ -40,9 +39,9 @@ TINY = {
   'finetune.checkpoint_every': 2,
   'finetune.eval_every': 4,
   'finetune.max_eval_docs': 8,
-  'ekfac.batch_size': 8,
-  'grads.batch_size': 8,
-  'grads.chunk_size': 8,
+  'curvature.batch_size': 8,
+  'gradients.batch_size': 8,
+  'gradients.chunk_size': 8,
   'projection.top_k': 8,
   'dictionary.n_atoms': 12,
   'dictionary.n_iter': 4,
@@ -118,16 +117,16 @@ class PipelineTest(absltest.TestCase):
 
     # A steer stage killed after its first behaviour resumes there; a
     # verdict threshold re-judges the saved sweeps without regenerating.
-    partial = os.path.join(run_dir, 'steer', 'behaviors')
+    partial = os.path.join(run_dir, 'steering', 'behaviors')
     mtime = lambda b: os.path.getmtime(os.path.join(partial, f'{b}.json'))
     first = mtime('yes_no')
-    manifest.invalidate(os.path.join(run_dir, 'steer'))
+    manifest.invalidate(os.path.join(run_dir, 'steering'))
     os.remove(os.path.join(partial, 'bullets.json'))
     config.steering.min_shift_pp = 5.0
-    pipeline.run(config, 'steer')
+    pipeline.run(config, 'steering')
     self.assertEqual(mtime('yes_no'), first)
     self.assertTrue(os.path.exists(os.path.join(partial, 'bullets.json')))
-    with open(os.path.join(run_dir, 'steer', 'sweeps.json')) as f:
+    with open(os.path.join(run_dir, 'steering', 'sweeps.json')) as f:
       self.assertEqual(set(json.load(f)), {'yes_no', 'bullets'})
     config.steering.min_shift_pp = TINY_MIN_SHIFT
     pipeline.run(config)
@@ -138,7 +137,7 @@ class PipelineTest(absltest.TestCase):
     after = _finished(run_dir)
     rerun = {s for s in manifest.STAGES if after[s] != before[s]}
     # report has no manifest time of its own that could stay equal
-    self.assertEqual(rerun, {'dictionary', 'characterize', 'steer', 'report'})
+    self.assertEqual(rerun, {'dictionary', 'atoms', 'steering', 'report'})
 
   def test_sigkill_mid_stage_then_rerun(self):
     results = os.path.join(self.tmp, 'killed')
@@ -150,16 +149,18 @@ class PipelineTest(absltest.TestCase):
       f'--config.results_dir={results}',
       '--config.run_name=tiny',
       f'--config.model.tokenizer={self.tok}',
-      '--stages=finetune,curvature,extract',
+      '--stages=finetune,curvature,gradients',
     ] + [
       f'--config.{k}={",".join(map(str, v)) if isinstance(v, tuple) else v}'
       for k, v in TINY.items()
     ]
     # One row per chunk, so a kill lands between committed chunks.
-    args = [a for a in args if not a.startswith('--config.grads.chunk_size')]
-    args.append('--config.grads.chunk_size=1')
+    args = [
+      a for a in args if not a.startswith('--config.gradients.chunk_size')
+    ]
+    args.append('--config.gradients.chunk_size=1')
     env = dict(os.environ, PYTHONPATH=_ROOT)
-    store = os.path.join(results, 'tiny', 'extract', 'store')
+    store = os.path.join(results, 'tiny', 'gradients', 'store')
     proc = subprocess.Popen(
       args,
       cwd=_ROOT,
@@ -186,7 +187,7 @@ class PipelineTest(absltest.TestCase):
     after = _finished(run_dir)
     self.assertEqual(after['finetune'], before['finetune'])
     self.assertEqual(after['curvature'], before['curvature'])
-    extract = manifest.read_manifest(os.path.join(run_dir, 'extract'))
+    extract = manifest.read_manifest(os.path.join(run_dir, 'gradients'))
     self.assertGreaterEqual(extract['results']['n_resumed'], 2)
     self.assertEqual(
       extract['results']['n_rows'] + extract['results']['n_skipped'],

@@ -1,4 +1,4 @@
-"""Tests for gatoms_jax.projection (eigenbasis projection and its inverse).
+"""Tests for gatoms_jax.method.projection (eigenbasis projection and its inverse).
 
 Factors are synthetic (random SPD A and S with distinct eigenvalues, random
 positive Λ), so every expected value is computed here in float64 numpy from
@@ -16,8 +16,9 @@ import jax
 import numpy as np
 from absl.testing import absltest, parameterized
 
-from gatoms_jax import curvature, projection, sharding
-from gatoms_jax import store as store_lib
+from gatoms_jax.method import curvature, projection
+from gatoms_jax.core import sharding
+from gatoms_jax.core import store as store_lib
 
 LAYOUT = [
   ('layers.0.self_attn.q_proj.lora_a', (8, 3)),

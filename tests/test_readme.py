@@ -8,8 +8,8 @@ import numpy as np
 from absl.testing import absltest
 
 import gatoms_jax as ga
-from gatoms_jax.models import config as config_lib
-from gatoms_jax.models import lora as lora_lib
+from gatoms_jax.core.models import config as config_lib
+from gatoms_jax.core.models import lora as lora_lib
 
 README = os.path.join(os.path.dirname(__file__), '..', 'README.md')
 

@@ -5,12 +5,13 @@ import jax.numpy as jnp
 import numpy as np
 from absl.testing import absltest
 
-from gatoms_jax import curvature, grads, projection, steer
-from gatoms_jax.models import config as config_lib
-from gatoms_jax.models import lora as lora_lib
-from gatoms_jax.models.generate import Generator
-from gatoms_jax.models.transformer import LoraConfig
-from gatoms_jax.store import layout_from_tree
+from gatoms_jax.method import curvature, gradients as grads, projection
+from gatoms_jax.method.steering import directions as steer
+from gatoms_jax.core.models import config as config_lib
+from gatoms_jax.core.models import lora as lora_lib
+from gatoms_jax.core.models.generate import Generator
+from gatoms_jax.core.models.transformer import LoraConfig
+from gatoms_jax.core.store import layout_from_tree
 
 
 class _Batch:

@@ -1,4 +1,4 @@
-"""Tests for gatoms_jax.store.GradientStore (on-disk per-document gradients)."""
+"""Tests for gatoms_jax.core.store.GradientStore (on-disk per-document gradients)."""
 
 import json
 import os
@@ -16,8 +16,8 @@ import numpy as np
 from absl.testing import absltest, parameterized
 
 import gatoms_jax
-from gatoms_jax import store as store_lib
-from gatoms_jax.store import GradientStore
+from gatoms_jax.core import store as store_lib
+from gatoms_jax.core.store import GradientStore
 
 # A small LoRA-like layout: two layers, q (4->4) and v (4->2), rank 2.
 LAYOUT = [
@@ -45,7 +45,7 @@ _CHILD = (
   """
 import sys, time
 import numpy as np
-from gatoms_jax.store import GradientStore
+from gatoms_jax.core.store import GradientStore
 """
   + _ROW_FN
   + """

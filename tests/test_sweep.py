@@ -8,11 +8,12 @@ import numpy as np
 from absl.testing import absltest, parameterized
 
 import tiny_tokenizer
-from gatoms_jax import behaviors, grads, steer, sweep
-from gatoms_jax.models import config as config_lib
-from gatoms_jax.models import lora as lora_lib
-from gatoms_jax.models.generate import Generator
-from gatoms_jax.models.transformer import LoraConfig
+from gatoms_jax.method.steering import behaviors, sweep
+from gatoms_jax.method import gradients as grads
+from gatoms_jax.core.models import config as config_lib
+from gatoms_jax.core.models import lora as lora_lib
+from gatoms_jax.core.models.generate import Generator
+from gatoms_jax.core.models.transformer import LoraConfig
 
 
 class CalibrateTest(parameterized.TestCase):

@@ -1,4 +1,4 @@
-"""Tests for gatoms_jax.data.tokenize and gatoms_jax.tokenizer.
+"""Tests for gatoms_jax.core.data.tokenize and gatoms_jax.core.data.tokenizer.
 
 Tokenizer-based tests use the embedded SmolLM2 GGUF tokenizer, loaded once
 (~5 s); batching and splitting tests use synthetic documents.
@@ -10,11 +10,11 @@ import copy
 import numpy as np
 from absl.testing import absltest, parameterized
 
-from gatoms_jax import tokenizer as tokenizer_lib
-from gatoms_jax.data import tokenize as tok_lib
-from gatoms_jax.data.documents import Document, make_messages
-from gatoms_jax.data.mixture import TASK_TYPES, generate_mixture
-from gatoms_jax.data.tokenize import TokenizedDoc
+from gatoms_jax.core.data import tokenizer as tokenizer_lib
+from gatoms_jax.core.data import tokenize as tok_lib
+from gatoms_jax.core.data.documents import Document, make_messages
+from gatoms_jax.demo.mixture import TASK_TYPES, generate_mixture
+from gatoms_jax.core.data.tokenize import TokenizedDoc
 
 EOT = '<|im_end|>'  # SmolLM2's end-of-turn token, used only in assertions
 

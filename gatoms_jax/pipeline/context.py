@@ -12,9 +12,11 @@ from typing import Any
 
 import numpy as np
 
-from gatoms_jax.models import convert
-from gatoms_jax.models import lora as lora_lib
-from gatoms_jax.models.transformer import LoraConfig, Transformer
+from gatoms_jax.core import loading
+from gatoms_jax.core.models import convert
+from gatoms_jax.core.models import lora as lora_lib
+from gatoms_jax.core.models.transformer import LoraConfig, Transformer
+from gatoms_jax.demo import sources
 
 
 class RunContext:
@@ -36,9 +38,7 @@ class RunContext:
 
   @property
   def lora_config(self) -> LoraConfig:
-    from gatoms_jax.finetune import lora_config_from
-
-    return lora_config_from(self.config)
+    return loading.lora_config_from(self.config)
 
   @property
   def model_path(self) -> str:
@@ -46,9 +46,7 @@ class RunContext:
 
   @functools.cached_property
   def _model_and_tokenizer(self):
-    from gatoms_jax.finetune import load_model_and_tokenizer
-
-    return load_model_and_tokenizer(self.config)
+    return loading.load_model_and_tokenizer(self.config)
 
   @property
   def model(self) -> Transformer:
@@ -65,7 +63,7 @@ class RunContext:
 
   @functools.cached_property
   def eos_ids(self) -> tuple[int, ...]:
-    from gatoms_jax.models.generate import eos_token_ids
+    from gatoms_jax.core.models.generate import eos_token_ids
 
     path = self.model_path
     return tuple(
@@ -76,9 +74,7 @@ class RunContext:
 
   @functools.cached_property
   def documents(self) -> list:
-    from gatoms_jax.data import load_documents
-
-    docs = load_documents(self.config.data)
+    docs = sources.load_documents(self.config.data)
     if not docs:
       raise ValueError('No documents to work on')
     return docs
@@ -86,9 +82,7 @@ class RunContext:
   @functools.cached_property
   def train_docs(self) -> list:
     """The tokenised training split (the same split the fine-tune used)."""
-    from gatoms_jax.finetune import prepare_data
-
-    train, _ = prepare_data(self.config, self.tokenizer, self.documents)
+    train, _ = loading.prepare_data(self.config, self.tokenizer, self.documents)
     return train
 
   @functools.cached_property
@@ -111,7 +105,7 @@ class RunContext:
   @functools.cached_property
   def finetuned_lora(self) -> Any:
     """The fine-tuned adapter (finetune/adapter, PEFT format)."""
-    from gatoms_jax.models.peft import load_peft_adapter
+    from gatoms_jax.core.models.peft import load_peft_adapter
 
     mdef = self.split_model[0]
     lora, _ = load_peft_adapter(
@@ -121,9 +115,11 @@ class RunContext:
 
   @functools.cached_property
   def store(self):
-    from gatoms_jax.store import GradientStore
+    from gatoms_jax.core.store import GradientStore
 
-    return GradientStore.open(os.path.join(self.stage_dir('extract'), 'store'))
+    return GradientStore.open(
+      os.path.join(self.stage_dir('gradients'), 'store')
+    )
 
   def load_npy(self, stage: str, name: str) -> np.ndarray:
     return np.load(os.path.join(self.stage_dir(stage), name))

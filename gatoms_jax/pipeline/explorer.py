@@ -24,11 +24,13 @@ from typing import Any, Iterable, Mapping
 
 import numpy as np
 
+from gatoms_jax.core.io import write_text
+
 # Stage directories the explorer reads (results/<run>/<stage>/).
-IDS_STAGE = 'project'  # ids.json: the document id of each code row
+IDS_STAGE = 'projection'  # ids.json: the document id of each code row
 CODES_STAGE = 'dictionary'  # codes.npy [N, K]
-ATOMS_STAGE = 'characterize'  # atoms.json, kmeans.json, kmeans_assignments.npy
-STEER_STAGE = 'steer'  # sweeps.json
+ATOMS_STAGE = 'atoms'  # atoms.json, kmeans.json, kmeans_assignments.npy
+STEER_STAGE = 'steering'  # sweeps.json
 
 _STATIC = ('explorer.html', 'explorer.css', 'explorer.js')
 _ATOM_DIRECTION = re.compile(r'^atom(\d+(?:\+\d+)*)$')
@@ -280,8 +282,8 @@ def collect(
   """Gathers everything the page shows from a run's artefacts.
 
   Args:
-    run_dir: results/<run>; needs project/ids.json, dictionary/codes.npy
-      and characterize/atoms.json; k-means, sweeps, manifests and config
+    run_dir: results/<run>; needs projection/ids.json, dictionary/codes.npy
+      and atoms/atoms.json; k-means, sweeps, manifests and config
       are shown when present.
     documents: the run's documents (objects with doc_id, user_text,
       assistant_text, label), or a mapping id -> document; None: the page
@@ -422,10 +424,7 @@ def write_explorer(
     )
     text_bytes //= 2
   path = path or os.path.join(run_dir, 'explorer.html')
-  tmp = path + '.tmp'
-  with open(tmp, 'w', encoding='utf-8') as f:
-    f.write(page)
-  os.replace(tmp, path)
+  write_text(path, page)
   return path
 
 
@@ -433,7 +432,7 @@ def _documents_from_config(run_dir: str):
   """The run's documents, read again from the data section of config.json."""
   import ml_collections
 
-  from gatoms_jax.data import load_documents
+  from gatoms_jax.demo.sources import load_documents
 
   config = _read_json(os.path.join(run_dir, 'config.json'))
   if not config or 'data' not in config:

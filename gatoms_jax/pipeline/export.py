@@ -17,10 +17,11 @@ def export_steered(
 
   Needs the run's finetune, project and dictionary stages to be complete.
   """
-  from gatoms_jax import projection, steer
+  from gatoms_jax.method import projection
+  from gatoms_jax.method.steering import directions as steer
 
   ctx = RunContext(config)
-  spec = projection.ProjectionSpec.load(ctx.stage_dir('project'))
+  spec = projection.ProjectionSpec.load(ctx.stage_dir('projection'))
   D = np.load(os.path.join(ctx.stage_dir('dictionary'), 'dictionary.npy'))
   codes = np.load(os.path.join(ctx.stage_dir('dictionary'), 'codes.npy'))
   bad = [a for a in coefficients if not 0 <= a < D.shape[0]]

@@ -16,52 +16,52 @@ import os
 import time
 from typing import Any, Optional
 
-from gatoms_jax.io_utils import write_json
+from gatoms_jax.core.io import write_json
 
 STAGES = (
   'finetune',
+  'gradients',
   'curvature',
-  'extract',
-  'project',
+  'projection',
   'dictionary',
-  'characterize',
-  'steer',
+  'atoms',
+  'steering',
   'report',
 )
 
 # Config keys (section or section.key) each stage reads.
 STAGE_KEYS = {
   'finetune': ('seed', 'model', 'lora', 'data', 'finetune'),
-  'curvature': ('ekfac',),
-  'extract': ('grads',),
-  'project': ('projection',),
+  'curvature': ('curvature',),
+  'gradients': ('gradients',),
+  'projection': ('projection',),
   'dictionary': ('dictionary',),
-  'characterize': ('atoms', 'data.label_field'),
-  'steer': ('steering',),
+  'atoms': ('atoms', 'data.label_field'),
+  'steering': ('steering',),
   'report': ('atoms.report_top', 'atoms.purity_threshold'),
 }
 # Stages whose outputs a stage consumes.
 STAGE_INPUTS = {
   'finetune': (),
-  'curvature': ('finetune',),
-  'extract': ('finetune',),
-  'project': ('curvature', 'extract'),
-  'dictionary': ('project',),
-  'characterize': ('dictionary', 'extract'),
-  'steer': ('characterize',),
-  'report': ('characterize', 'steer'),
+  'gradients': ('finetune',),
+  'curvature': ('finetune', 'gradients'),
+  'projection': ('curvature', 'gradients'),
+  'dictionary': ('projection',),
+  'atoms': ('dictionary', 'gradients'),
+  'steering': ('atoms',),
+  'report': ('atoms', 'steering'),
 }
 # Keys left out when a whole section is hashed: knobs that change speed or
 # memory, never results, and the evaluation-only label field (which only
-# `characterize` reads, by its own dotted key).
+# the atoms stage reads, by its own dotted key).
 EXCLUDED_FROM_SECTIONS = frozenset(
   {
     'data.label_field',
     'finetune.checkpoint_every',
     'finetune.eval_every',
-    'grads.batch_size',
-    'grads.chunk_size',
-    'ekfac.batch_size',
+    'gradients.batch_size',
+    'gradients.chunk_size',
+    'curvature.batch_size',
     'steering.batch_size',
     'steering.max_rows',
     'steering.min_prompt_bucket',

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import time
@@ -10,6 +9,7 @@ from typing import Any, Optional, Sequence
 
 from absl import logging
 
+from gatoms_jax.core.io import write_json
 from gatoms_jax.pipeline import manifest
 from gatoms_jax.pipeline.context import RunContext
 from gatoms_jax.pipeline.stages import STAGE_FUNCTIONS
@@ -92,6 +92,5 @@ def run(
       extra={'results': extra},
     )
     logging.info('stage %s: done in %.1f s', stage, seconds)
-  with open(os.path.join(ctx.run_dir, 'config.json'), 'w') as f:
-    json.dump(config.to_dict(), f, indent=1, default=str)
+  write_json(os.path.join(ctx.run_dir, 'config.json'), config.to_dict())
   return done

@@ -3,35 +3,28 @@
 Each `run_<stage>(ctx)` writes into `ctx.stage_dir(stage)` and returns a small
 dict of figures for the manifest. Data flows one way (DESIGN.md):
 
-finetune → curvature (factors) ─┐
-         → extract (store) ─────┴→ project → dictionary → characterize
-                                                        → steer → report
+finetune → gradients (store) → curvature (factors, eigh, correction from the
+store) → projection → dictionary → atoms → steering → report
 """
 
 from __future__ import annotations
 
 import json
 import os
-from typing import Any
 
 import ml_collections
 import numpy as np
 from absl import logging
 
-from gatoms_jax.io_utils import write_json
+from gatoms_jax.core.io import read_json, save_npy, write_json
 from gatoms_jax.pipeline.context import RunContext
-
-
-def _read_json(path: str) -> Any:
-  with open(path) as f:
-    return json.load(f)
 
 
 # ---------------------------------------------------------------------------
 
 
 def run_finetune(ctx: RunContext) -> dict:
-  from gatoms_jax import finetune
+  from gatoms_jax.method import finetune
 
   result = finetune.finetune(
     ctx.config,
@@ -48,7 +41,7 @@ def run_finetune(ctx: RunContext) -> dict:
 
 
 def _batches(ctx: RunContext, docs, batch_size):
-  from gatoms_jax.data import make_batches, num_batches
+  from gatoms_jax.core.data import make_batches, num_batches
 
   return (
     make_batches(docs, batch_size, ctx.config.data.bucket_multiple),
@@ -57,10 +50,12 @@ def _batches(ctx: RunContext, docs, batch_size):
 
 
 def run_curvature(ctx: RunContext) -> dict:
-  """Kronecker factors + sharded eigendecomposition at the fine-tuned adapter."""
-  from gatoms_jax import curvature
+  """EK-FAC at the fine-tuned adapter: Kronecker factors, their sharded
+  eigendecomposition, and the eigenvalue correction streamed from the
+  gradient store (Λ = E[(Q_Sᵀ G Q_A)²] over every training document)."""
+  from gatoms_jax.method import curvature
 
-  c = ctx.config.ekfac
+  c = ctx.config.curvature
   mdef, base, _ = ctx.split_model
   docs = ctx.train_docs
   if c.max_docs and c.max_docs < len(docs):
@@ -75,11 +70,19 @@ def run_curvature(ctx: RunContext) -> dict:
     ctx.finetuned_lora,
     batches,
     fisher=c.fisher,
-    token_scope=c.get('token_scope', 'loss'),
+    token_scope=c.token_scope,
     seed=c.sample_seed,
     n_batches=n,
   )
   factors = curvature.eigendecompose(factors)
+  store = ctx.store
+  chunk_size = ctx.config.gradients.chunk_size
+  factors = curvature.correct_eigenvalues(
+    factors,
+    store.iter_chunks(chunk_size),
+    store.layout,
+    n_chunks=-(-store.n_rows // chunk_size),
+  )
   factors.save(ctx.stage_dir('curvature'))
   return {
     'n_docs': len(docs),
@@ -88,16 +91,16 @@ def run_curvature(ctx: RunContext) -> dict:
   }
 
 
-def run_extract(ctx: RunContext) -> dict:
+def run_gradients(ctx: RunContext) -> dict:
   """Per-document gradients of the training docs into a GradientStore."""
-  from gatoms_jax import grads
-  from gatoms_jax.store import GradientStore, layout_from_tree
+  from gatoms_jax.method import gradients as grads
+  from gatoms_jax.core.store import GradientStore, layout_from_tree
 
-  c = ctx.config.grads
+  c = ctx.config.gradients
   mdef, base, _ = ctx.split_model
   lora = ctx.finetuned_lora
   store = GradientStore.open_or_create(
-    os.path.join(ctx.stage_dir('extract'), 'store'),
+    os.path.join(ctx.stage_dir('gradients'), 'store'),
     layout_from_tree(lora),
     storage_dtype=c.storage_dtype,
     metadata={
@@ -125,22 +128,15 @@ def run_extract(ctx: RunContext) -> dict:
   return stats
 
 
-def run_project(ctx: RunContext) -> dict:
-  """EK-FAC eigenvalue correction from the store, then G = projected rows."""
-  from gatoms_jax import curvature, projection
+def run_projection(ctx: RunContext) -> dict:
+  """G = the stored gradients in the corrected eigenbasis, top-k, whitened."""
+  from gatoms_jax.method import curvature, projection
 
   c = ctx.config.projection
   store = ctx.store
   factors = curvature.Factors.load(ctx.stage_dir('curvature'))
-  n_chunks = -(-store.n_rows // ctx.config.grads.chunk_size)
-  factors = curvature.correct_eigenvalues(
-    factors,
-    store.iter_chunks(ctx.config.grads.chunk_size),
-    store.layout,
-    n_chunks=n_chunks,
-  )
-  out = ctx.stage_dir('project')
-  factors.save(out)
+  n_chunks = -(-store.n_rows // ctx.config.gradients.chunk_size)
+  out = ctx.stage_dir('projection')
   spec = projection.make_spec(
     factors,
     store.layout,
@@ -151,18 +147,18 @@ def run_project(ctx: RunContext) -> dict:
   )
   spec.save(out)
   ids, G = projection.project_chunks(
-    spec, store.iter_chunks(ctx.config.grads.chunk_size), n_chunks=n_chunks
+    spec, store.iter_chunks(ctx.config.gradients.chunk_size), n_chunks=n_chunks
   )
-  np.save(os.path.join(out, 'projected.npy'), G)
+  save_npy(os.path.join(out, 'projected.npy'), G)
   write_json(os.path.join(out, 'ids.json'), ids)
   return {'n_rows': len(ids), 'k_total': spec.k_total}
 
 
 def run_dictionary(ctx: RunContext) -> dict:
   """Row-normalised projected gradients → dictionary D and codes A."""
-  from gatoms_jax import dictionary
+  from gatoms_jax.method import dictionary
 
-  G = ctx.load_npy('project', 'projected.npy')
+  G = ctx.load_npy('projection', 'projected.npy')
   norms = np.linalg.norm(G, axis=1, keepdims=True)
   X = (G / np.maximum(norms, 1e-30)).astype(np.float32)
   c = ctx.config.dictionary
@@ -175,9 +171,7 @@ def run_dictionary(ctx: RunContext) -> dict:
   cfg.n_atoms = n_atoms
   result = dictionary.learn_dictionary_from_config(X, cfg)
   out = ctx.stage_dir('dictionary')
-  np.save(os.path.join(out, 'dictionary.npy'), result.dictionary)
-  np.save(os.path.join(out, 'codes.npy'), result.codes)
-  write_json(os.path.join(out, 'history.json'), result.history)
+  result.save(out)
   nnz = (result.codes != 0).sum(axis=1)
   return {
     'objective': result.objective,
@@ -188,12 +182,12 @@ def run_dictionary(ctx: RunContext) -> dict:
   }
 
 
-def run_characterize(ctx: RunContext) -> dict:
+def run_atoms(ctx: RunContext) -> dict:
   """Atom summaries (coherence, keywords, purity) + the k-means baseline."""
-  from gatoms_jax import atoms
+  from gatoms_jax.method import atoms
 
   c = ctx.config.atoms
-  ids = _read_json(os.path.join(ctx.stage_dir('project'), 'ids.json'))
+  ids = read_json(os.path.join(ctx.stage_dir('projection'), 'ids.json'))
   codes = ctx.load_npy('dictionary', 'codes.npy')
   responses = ctx.responses(ids)
   labels = ctx.labels(ids)
@@ -203,7 +197,7 @@ def run_characterize(ctx: RunContext) -> dict:
     n_keywords=c.n_keywords,
     excerpt_chars=c.excerpt_chars,
     purity_threshold=c.purity_threshold,
-    keyword_min_docs=c.get('keyword_min_docs', 2),
+    keyword_min_docs=c.keyword_min_docs,
   )
   summaries = atoms.characterize_atoms(
     codes,
@@ -213,21 +207,21 @@ def run_characterize(ctx: RunContext) -> dict:
     mean_pairwise_cosine=store.mean_pairwise_cosine,
     **kw,
   )
-  out = ctx.stage_dir('characterize')
+  out = ctx.stage_dir('atoms')
   atoms.save_atom_summaries(os.path.join(out, 'atoms.json'), summaries)
 
   # Baseline: k-means with K clusters on the same (row-normalised) projected
   # gradients, each cluster read like an atom.
-  G = ctx.load_npy('project', 'projected.npy')
+  G = ctx.load_npy('projection', 'projected.npy')
   X = G / np.maximum(np.linalg.norm(G, axis=1, keepdims=True), 1e-30)
-  k = c.get('kmeans_k', 0) or min(codes.shape[1], X.shape[0])
+  k = c.kmeans_k or min(codes.shape[1], X.shape[0])
   km = atoms.kmeans(
     X,
     k,
-    n_iter=c.get('kmeans_n_iter', 100),
-    n_init=c.get('kmeans_n_init', 1),
-    seed=c.get('kmeans_seed', 0),
-    metric=c.get('kmeans_metric', 'cosine'),
+    n_iter=c.kmeans_n_iter,
+    n_init=c.kmeans_n_init,
+    seed=c.kmeans_seed,
+    metric=c.kmeans_metric,
   )
   clusters = atoms.kmeans_cluster_summaries(
     km.assignments,
@@ -236,12 +230,12 @@ def run_characterize(ctx: RunContext) -> dict:
     store.mean_pairwise_cosine,
     doc_ids=ids,
     responses=responses,
-    metric=c.get('kmeans_metric', 'cosine'),
+    metric=c.kmeans_metric,
     **kw,
   )
   atoms.save_atom_summaries(os.path.join(out, 'kmeans.json'), clusters)
   # Every row's cluster, for the explorer's atom <-> cluster overlaps.
-  np.save(os.path.join(out, 'kmeans_assignments.npy'), km.assignments)
+  save_npy(os.path.join(out, 'kmeans_assignments.npy'), km.assignments)
   result = {'n_atoms': len(summaries), 'n_kmeans_clusters': k}
   if labels is not None:
     n_values, recovered = atoms.label_recovery(
@@ -253,7 +247,7 @@ def run_characterize(ctx: RunContext) -> dict:
     _, pure_anywhere = atoms.label_recovery(
       summaries, len(summaries), c.purity_threshold
     )
-    agreement, per_label = atoms.knn_label_agreement(X, labels, k=10)
+    agreement, per_label = atoms.knn_label_agreement(X, labels, k=c.knn_k)
     result.update(
       n_label_values=n_values,
       n_label_values_recovered=len(recovered),
@@ -293,31 +287,32 @@ def _sweep_key(config) -> str:
 
   from gatoms_jax.pipeline.manifest import stage_keys, stage_values
 
-  values = stage_values(config, 'steer')['steering']
+  values = stage_values(config, 'steering')['steering']
   values = {k: v for k, v in values.items() if k not in _VERDICT_KEYS}
   blob = json.dumps(
-    {'upstream': stage_keys(config)['characterize'], 'steering': values},
+    {'upstream': stage_keys(config)['atoms'], 'steering': values},
     sort_keys=True,
     default=str,
   )
   return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def run_steer(ctx: RunContext) -> dict:
+def run_steering(ctx: RunContext) -> dict:
   """Behaviour sweeps for automatically matched atoms and random controls.
 
   Each behaviour's sweep is saved as soon as it is done (with the stage key),
   so a killed stage resumes at the first unfinished behaviour.
   """
-  from gatoms_jax import atoms, behaviors, projection, steer, sweep
-  from gatoms_jax.models.generate import Generator
+  from gatoms_jax.method import atoms, projection
+  from gatoms_jax.method.steering import behaviors, directions as steer, sweep
+  from gatoms_jax.core.models.generate import Generator
 
   c = ctx.config.steering
-  ids = _read_json(os.path.join(ctx.stage_dir('project'), 'ids.json'))
+  ids = read_json(os.path.join(ctx.stage_dir('projection'), 'ids.json'))
   summaries = atoms.load_atom_summaries(
-    os.path.join(ctx.stage_dir('characterize'), 'atoms.json')
+    os.path.join(ctx.stage_dir('atoms'), 'atoms.json')
   )
-  spec = projection.ProjectionSpec.load(ctx.stage_dir('project'))
+  spec = projection.ProjectionSpec.load(ctx.stage_dir('projection'))
   D = ctx.load_npy('dictionary', 'dictionary.npy')
   codes = ctx.load_npy('dictionary', 'codes.npy')
   lora = ctx.finetuned_lora
@@ -327,7 +322,7 @@ def run_steer(ctx: RunContext) -> dict:
   )
   # Atom ↔ behaviour matching without labels: detectors on the atoms' top
   # training responses (ties broken by coherence).
-  active = [s for s in summaries if s['n_active'] >= 2]
+  active = [s for s in summaries if s['n_active'] >= c.min_active_docs]
   top_responses = atoms.atom_top_responses(active, ids, ctx.responses(ids))
   coherence = {s['atom']: s['coherence'] for s in active}
   matches = behaviors.match_atoms_to_behaviors(
@@ -352,7 +347,7 @@ def run_steer(ctx: RunContext) -> dict:
   sets = behaviors.load_prompt_sets(
     list(c.behaviors), c.prompts_path, limit=c.prompts_per_behavior
   )
-  out = ctx.stage_dir('steer')
+  out = ctx.stage_dir('steering')
   partial_dir = os.path.join(out, 'behaviors')
   os.makedirs(partial_dir, exist_ok=True)
   key = _sweep_key(ctx.config)
@@ -362,7 +357,7 @@ def run_steer(ctx: RunContext) -> dict:
   control_hints: dict = {}
   for name in c.behaviors:
     partial = os.path.join(partial_dir, f'{name}.json')
-    saved = _read_json(partial) if os.path.exists(partial) else None
+    saved = read_json(partial) if os.path.exists(partial) else None
     if c.atoms:
       chosen = [int(a) for a in c.atoms]
     else:
@@ -373,11 +368,11 @@ def run_steer(ctx: RunContext) -> dict:
     else:
       dirs = {f'atom{a}': directions.delta(a) for a in chosen}
     controls = {
-      f'random{s}': directions.random(1000 + s)
+      f'random{s}': directions.random(c.control_seed + s)
       for s in range(c.n_random_controls)
     }
     if saved and saved.get('key') == key:
-      logging.info('steer %s: done in an earlier run, reused', name)
+      logging.info('steering %s: done in an earlier run, reused', name)
       res = saved['result']
     else:
       res = runner.sweep(
@@ -413,18 +408,30 @@ def run_steer(ctx: RunContext) -> dict:
 
 
 def run_report(ctx: RunContext) -> dict:
-  from gatoms_jax import report
+  """report.md, summary.json, figures and explorer.html from the artefacts."""
+  from gatoms_jax.pipeline import explorer, report
 
-  return report.write_report(ctx)
+  result = report.write_report(ctx.run_dir, ctx.config)
+  # The explorer shows the documents' text, read again through the data
+  # config; if that fails (a moved file) the page keeps ids and codes.
+  try:
+    documents = ctx.documents
+  except (OSError, ValueError) as e:
+    logging.warning('explorer without document text: %s', e)
+    documents = None
+  # config.json is written after the last stage, so pass the config here.
+  config = json.loads(json.dumps(ctx.config.to_dict(), default=str))
+  explorer.write_explorer(ctx.run_dir, documents, config=config)
+  return result
 
 
 STAGE_FUNCTIONS = {
   'finetune': run_finetune,
   'curvature': run_curvature,
-  'extract': run_extract,
-  'project': run_project,
+  'gradients': run_gradients,
+  'projection': run_projection,
   'dictionary': run_dictionary,
-  'characterize': run_characterize,
-  'steer': run_steer,
+  'atoms': run_atoms,
+  'steering': run_steering,
   'report': run_report,
 }

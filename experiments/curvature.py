@@ -1,0 +1,11 @@
+"""Pipeline stage 'curvature' alone (its inputs must be complete for the config).
+
+python -m experiments.curvature --config=configs/smollm2_demo.py [--config.x=y]
+"""
+
+from experiments import _app
+
+main = _app.stage_app('curvature')
+
+if __name__ == '__main__':
+  _app.launch(main)

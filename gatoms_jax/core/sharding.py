@@ -1,0 +1,66 @@
+"""Device meshes and row sharding shared by every sharded stage.
+
+One axis name per kind of parallelism: "data" for documents/rows (gradients,
+factor pass, dictionary statistics) and "modules" for the stacked Kronecker
+factors of the eigensolver. The same code runs on 1 device, N fake CPU devices
+(`XLA_FLAGS=--xla_force_host_platform_device_count=N`), an accelerator host, or
+several hosts after `jax.distributed.initialize()`.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import jax
+import numpy as np
+from jax.sharding import NamedSharding
+
+Array = jax.Array
+
+DATA_AXIS = 'data'
+MODULE_AXIS = 'modules'
+
+
+def make_mesh(
+  axis_name: str = DATA_AXIS, devices: Sequence[jax.Device] | None = None
+) -> jax.sharding.Mesh:
+  """Returns a 1-D mesh over `devices` (default: all devices)."""
+  devices = list(devices if devices is not None else jax.devices())
+  return jax.sharding.Mesh(np.array(devices), (axis_name,))
+
+
+def axis_size(mesh: jax.sharding.Mesh, axis_name: str) -> int:
+  return mesh.shape[axis_name]
+
+
+def pad_rows(x: np.ndarray | Array, multiple: int) -> tuple[np.ndarray, int]:
+  """Pads axis 0 with zeros up to a multiple; returns (padded, n_real_rows)."""
+  n = x.shape[0]
+  pad = (-n) % multiple
+  if pad:
+    widths = [(0, pad)] + [(0, 0)] * (x.ndim - 1)
+    x = np.pad(np.asarray(x), widths)
+  return x, n
+
+
+def row_sharding(
+  mesh: jax.sharding.Mesh, ndim: int, axis_name: str = DATA_AXIS
+):
+  """Sharding that splits axis 0 over `axis_name` and replicates the rest."""
+  return NamedSharding(mesh, jax.P(axis_name, *([None] * (ndim - 1))))
+
+
+def replicated(mesh: jax.sharding.Mesh) -> NamedSharding:
+  return NamedSharding(mesh, jax.P())
+
+
+def shard_rows(
+  x: np.ndarray | Array, mesh: jax.sharding.Mesh, axis_name: str = DATA_AXIS
+) -> tuple[Array, int]:
+  """Pads `x` to a multiple of the axis size and places it row-sharded.
+
+  Returns:
+    (sharded array, number of real rows before padding).
+  """
+  padded, n = pad_rows(np.asarray(x), axis_size(mesh, axis_name))
+  return jax.device_put(padded, row_sharding(mesh, padded.ndim, axis_name)), n
