@@ -159,7 +159,7 @@ def _kmeans_block(char_dir, ids, n_rows):
     str(s['atom']): {
       'coherence': s.get('coherence'),
       'size': s.get('n_active'),
-      'keywords': s.get('keywords', [])[:8],
+      'keywords': (s.get('keywords') or [])[:8],
       'majority_label': s.get('majority_label'),
       'purity': s.get('purity'),
     }
@@ -334,7 +334,7 @@ def collect(
         'rank': rank,
         'coherence': s.get('coherence'),
         'n_active': int(len(rows)),
-        'keywords': s.get('keywords', []),
+        'keywords': s.get('keywords') or [],
         'majority_label': s.get('majority_label'),
         'purity': s.get('purity'),
         'label_counts_top': s.get('label_counts'),
