@@ -234,6 +234,8 @@ def run_atoms(ctx: RunContext) -> dict:
     **kw,
   )
   atoms.save_atom_summaries(os.path.join(out, 'kmeans.json'), clusters)
+  # Every row's cluster, for the explorer's atom <-> cluster overlaps.
+  save_npy(os.path.join(out, 'kmeans_assignments.npy'), km.assignments)
   result = {'n_atoms': len(summaries), 'n_kmeans_clusters': k}
   if labels is not None:
     n_values, recovered = atoms.label_recovery(
@@ -406,9 +408,21 @@ def run_steering(ctx: RunContext) -> dict:
 
 
 def run_report(ctx: RunContext) -> dict:
-  from gatoms_jax.pipeline import report
+  """report.md, summary.json, figures and explorer.html from the artefacts."""
+  from gatoms_jax.pipeline import explorer, report
 
-  return report.write_report(ctx.run_dir, ctx.config)
+  result = report.write_report(ctx.run_dir, ctx.config)
+  # The explorer shows the documents' text, read again through the data
+  # config; if that fails (a moved file) the page keeps ids and codes.
+  try:
+    documents = ctx.documents
+  except (OSError, ValueError) as e:
+    logging.warning('explorer without document text: %s', e)
+    documents = None
+  # config.json is written after the last stage, so pass the config here.
+  config = json.loads(json.dumps(ctx.config.to_dict(), default=str))
+  explorer.write_explorer(ctx.run_dir, documents, config=config)
+  return result
 
 
 STAGE_FUNCTIONS = {
