@@ -24,7 +24,7 @@ from flax import nnx
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 from configs import tiny_test  # noqa: E402
-from gatoms_jax.demo import accuracy  # noqa: E402
+from gatoms_jax.demo import accuracy, mixture  # noqa: E402
 from gatoms_jax.core import loading  # noqa: E402
 from gatoms_jax.core import data as data_lib  # noqa: E402
 from gatoms_jax.method import finetune as ft_lib  # noqa: E402
@@ -119,7 +119,7 @@ class FinetuneRunTest(absltest.TestCase):
     r = self.result
     docs = [
       d
-      for d in data_lib.generate_mixture(30, 0)
+      for d in mixture.generate_mixture(30, 0)
       if d.label in ('arithmetic', 'yes_no')
     ][:3]
     scores = accuracy.greedy_accuracy(
@@ -184,7 +184,7 @@ class GradAccumTest(parameterized.TestCase):
   def setUpClass(cls):
     super().setUpClass()
     tok = tiny_tokenizer.tiny_tokenizer()
-    docs = data_lib.generate_mixture(16, 0)
+    docs = mixture.generate_mixture(16, 0)
     # Documents whose answer is cut off entirely are dropped; 8 remain.
     cls.docs = data_lib.tokenize_documents(docs, tok, 128)[0][:8]
     assert len(cls.docs) == 8
