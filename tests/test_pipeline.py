@@ -179,14 +179,15 @@ class PipelineTest(absltest.TestCase):
     proc.wait()
     run_dir = os.path.join(results, 'tiny')
     before = _finished(run_dir)
-    self.assertEqual(set(before), {'finetune', 'curvature'})
+    # gradients runs before curvature (whose eigenvalue correction reads it).
+    self.assertEqual(set(before), {'finetune'})
     result = subprocess.run(
       args, cwd=_ROOT, env=env, capture_output=True, text=True
     )
     self.assertEqual(result.returncode, 0, result.stderr[-3000:])
     after = _finished(run_dir)
     self.assertEqual(after['finetune'], before['finetune'])
-    self.assertEqual(after['curvature'], before['curvature'])
+    self.assertIn('curvature', after)
     extract = manifest.read_manifest(os.path.join(run_dir, 'gradients'))
     self.assertGreaterEqual(extract['results']['n_resumed'], 2)
     self.assertEqual(
