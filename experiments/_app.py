@@ -57,8 +57,10 @@ def log_setup(config) -> None:
 def run_stages(stages_flag_value: str, force: bool = False) -> dict:
   """Resolves the config, logs, and runs the given pipeline stages."""
   from gatoms_jax import pipeline
+  from gatoms_jax.core import distributed
 
   config = resolved_config()
+  distributed.initialize(**config.distributed.to_dict())
   log_setup(config)
   return pipeline.run(config, stages_flag_value, force=force)
 

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import uuid
 from typing import Any, Optional
 
 import jax
@@ -32,6 +31,7 @@ import numpy as np
 from absl import logging
 from orbax.checkpoint import v1 as ocp
 
+from gatoms_jax.core import distributed
 from gatoms_jax.core import io as io_lib
 
 PyTree = Any
@@ -84,15 +84,22 @@ def save_pytree(
   os.makedirs(parent, exist_ok=True)
   _recover(path)
   name = os.path.basename(path)
-  staging = os.path.join(parent, f'.{name}.{uuid.uuid4().hex}.new')
+  # Every process of a multi-process run saves into the same staging
+  # directory (Orbax coordinates who writes what); one name per target.
+  staging = os.path.join(parent, f'.{name}.new')
+  if distributed.is_writer() and os.path.exists(staging):
+    shutil.rmtree(staging)  # left by a killed save
+  distributed.barrier(f'save_pytree:{path}:staging')
   ocp.save(staging, tree, custom_metadata=custom_metadata)
-  old = path + _OLD_SUFFIX
-  if os.path.exists(path):
-    os.replace(path, old)
-  os.replace(staging, path)
-  io_lib.fsync_dir(parent)
-  if os.path.exists(old):
-    shutil.rmtree(old)
+  if distributed.is_writer():
+    old = path + _OLD_SUFFIX
+    if os.path.exists(path):
+      os.replace(path, old)
+    os.replace(staging, path)
+    io_lib.fsync_dir(parent)
+    if os.path.exists(old):
+      shutil.rmtree(old)
+  distributed.barrier(f'save_pytree:{path}:done')
 
 
 def load_pytree(
@@ -130,7 +137,7 @@ def pytree_custom_metadata(path: str | os.PathLike[str]) -> dict:
 def _recover(path: str) -> None:
   """Finishes a swap that a crash interrupted between its two renames."""
   old = path + _OLD_SUFFIX
-  if os.path.exists(old):
+  if distributed.is_writer() and os.path.exists(old):
     if os.path.exists(path):
       shutil.rmtree(old)
     else:

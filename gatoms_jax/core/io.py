@@ -14,6 +14,8 @@ from typing import Any, Callable
 
 import numpy as np
 
+from gatoms_jax.core import distributed
+
 
 def _json_default(x: Any) -> Any:
   if isinstance(x, np.integer):
@@ -49,7 +51,8 @@ def atomic_write(
   tmp_path: str | None = None,
 ) -> None:
   """Calls write(file) on a temp file beside `path`, then renames it over
-  `path` (fsyncing the file and the directory).
+  `path` (fsyncing the file and the directory). In a multi-process run only
+  the writer process writes; the others return at once.
 
   Args:
     path: the final file.
@@ -58,6 +61,8 @@ def atomic_write(
     tmp_path: the temp file's name (default: a fresh hidden name beside
       `path`); callers that sweep stale temp files choose a recognisable one.
   """
+  if not distributed.is_writer():
+    return  # one writer per run: see gatoms_jax.core.distributed
   directory = os.path.dirname(os.path.abspath(path))
   os.makedirs(directory, exist_ok=True)
   if tmp_path is None:

@@ -64,3 +64,25 @@ def shard_rows(
   """
   padded, n = pad_rows(np.asarray(x), axis_size(mesh, axis_name))
   return jax.device_put(padded, row_sharding(mesh, padded.ndim, axis_name)), n
+
+
+def to_host(x) -> np.ndarray:
+  """The whole value of `x` as a numpy array, on every process.
+
+  A `jax.Array` sharded over devices of other processes (a multi-process
+  mesh) cannot be read with `np.asarray`; it is all-gathered first, so every
+  process gets the same global value. Addressable arrays, numpy arrays and
+  Python scalars are converted directly.
+  """
+  if isinstance(x, jax.Array) and not x.is_fully_addressable:
+    if x.is_fully_replicated:
+      return np.asarray(x.addressable_data(0))
+    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+
+    return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+  return np.asarray(x)
+
+
+def tree_to_host(tree):
+  """`to_host` on every leaf of a pytree."""
+  return jax.tree.map(to_host, tree)

@@ -63,6 +63,7 @@ import ml_dtypes
 import numpy as np
 from absl import logging
 
+from gatoms_jax.core import distributed
 from gatoms_jax.core import io as io_lib
 
 Array = jax.Array
@@ -659,7 +660,7 @@ class GradientStore:
 
   def _cleanup_leftovers(self) -> None:
     """Deletes what a killed writer left: temp files, uncommitted .npy."""
-    if self._cleaned:
+    if self._cleaned or not distributed.is_writer():
       return
     committed = {c.index for c in self._chunks}
     for name in os.listdir(self._path):

@@ -281,7 +281,7 @@ class FactorAccumulator:
 
     scope = scope_weights(loss_mask, self.token_scope, valid)
     index, weight = loss_positions(loss_mask)
-    pad = lambda x: sharding.pad_rows(x, self.n_devices)[0]
+    pad = lambda x: sharding.shard_rows(x, self.mesh)[0]
     key = jax.random.fold_in(self._key, self.n_batches)
     sums, count = self._step(
       self.lora, self.mdef, self.base, pad(tokens), pad(index), pad(weight),
@@ -299,8 +299,8 @@ class FactorAccumulator:
       raise CurvatureError('No tokens were accumulated: empty factor pass')
     a_cov, s_cov = {}, {}
     for leaf, (a_sum, s_sum) in self.sums.items():
-      a_cov[leaf] = np.asarray(a_sum, np.float64) / self.count
-      s_cov[leaf] = np.asarray(s_sum, np.float64) / self.count
+      a_cov[leaf] = sharding.to_host(a_sum).astype(np.float64) / self.count
+      s_cov[leaf] = sharding.to_host(s_sum).astype(np.float64) / self.count
     return Factors(
       a_cov=a_cov,
       s_cov=s_cov,
@@ -423,7 +423,7 @@ def batched_eigh(
         ]
       )
     vals, vecs = solve(jax.device_put(stack, spec))
-    vals, vecs = np.asarray(vals), np.asarray(vecs)
+    vals, vecs = sharding.to_host(vals), sharding.to_host(vecs)
     for k, name in enumerate(names):
       out[name] = (vals[k], vecs[k])
   for name, twin in same_as.items():
@@ -518,16 +518,14 @@ def correct_eigenvalues(
         f'gradient chunk has shape {np.shape(rows)} for {len(ids)} ids; the '
         f'layout needs rows of width {dim}'
       )
-    padded, _ = sharding.pad_rows(
-      np.asarray(rows, np.float32), sharding.axis_size(mesh, sharding.DATA_AXIS)
-    )
+    padded, _ = sharding.shard_rows(np.asarray(rows, np.float32), mesh)
     sums = fn(padded, q_a, q_s)
     total = sums if total is None else jax.tree.map(jnp.add, total, sums)
     n += len(ids)
   if n == 0:
     raise CurvatureError('No gradient rows to correct eigenvalues with')
   factors.corrected = {
-    k: np.asarray(v, np.float64) / n for k, v in total.items()
+    k: sharding.to_host(v).astype(np.float64) / n for k, v in total.items()
   }
   factors.n_corrected_docs = n
   return factors

@@ -705,8 +705,8 @@ def _learn_full(
       break
   bar.close()
   codes, _ = encode(xs, D, jnp.float32(alpha), A)
-  codes = np.asarray(codes)[:n]
-  D = np.asarray(D)
+  codes = sharding.to_host(codes)[:n]
+  D = sharding.to_host(D)
   seconds = elapsed()
   return DictionaryResult(
     dictionary=D,
@@ -830,7 +830,7 @@ def _learn_minibatch(
   for chunk in _chunks(source, batch_size):
     xb, m = put(chunk)
     a, _ = encode(xb, D, jnp.float32(alpha), zeros_codes)
-    codes.append(np.asarray(a)[:m])
+    codes.append(sharding.to_host(a)[:m])
   codes = np.concatenate(codes)
   D = np.asarray(D)
   seconds = elapsed()

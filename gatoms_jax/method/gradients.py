@@ -456,6 +456,13 @@ def _call_fn(lora, mdef, base, call: Slab, method: str, packed: bool) -> Array:
   return jax.lax.map(body, call)
 
 
+def _slab_rows(mesh: jax.sharding.Mesh, ndim: int):
+  """Slab arrays are (S, R, ...): rows sharded, slabs looped over."""
+  return jax.sharding.NamedSharding(
+    mesh, jax.P(None, sharding.DATA_AXIS, *([None] * (ndim - 2)))
+  )
+
+
 @functools.lru_cache(maxsize=None)
 def _jitted_call(
   method: str,
@@ -466,10 +473,7 @@ def _jitted_call(
   """One jitted `_call_fn` per setting, shared by extractors (and their
   compilations: lora and base are arguments, mdef a static one)."""
   rep = sharding.replicated(mesh)
-  # Slab arrays are (S, R, ...): rows sharded, slabs looped over.
-  rows = lambda nd: jax.sharding.NamedSharding(
-    mesh, jax.P(None, sharding.DATA_AXIS, *([None] * (nd - 2)))
-  )
+  rows = functools.partial(_slab_rows, mesh)
   return jax.jit(
     functools.partial(_call_fn, method=method, packed=packed),
     static_argnums=(1,),
@@ -585,13 +589,19 @@ class GradientExtractor:
   def dispatch(self, call: Slab) -> Array:
     """Starts one planned call; returns its (S, R, k, d) rows (async)."""
     self._shapes_seen.add(call.tokens.shape + call.index.shape[1:])
+    if jax.process_count() > 1:
+      # jit places host arrays itself only within one process; across
+      # processes each input must already be a global jax.Array.
+      call = Slab(
+        *[jax.device_put(x, _slab_rows(self.mesh, x.ndim)) for x in call]
+      )
     return self._fn(self.lora, self.mdef, self.base, call)
 
   @staticmethod
   def collect(call: Slab, out: Array) -> tuple[np.ndarray, np.ndarray]:
     """(doc_index int[n], rows float32[n, d]) of a dispatched call."""
     keep = call.doc_index >= 0
-    return call.doc_index[keep], np.asarray(out)[keep]
+    return call.doc_index[keep], sharding.to_host(out)[keep]
 
   def run(self, call: Slab) -> tuple[np.ndarray, np.ndarray]:
     """(doc_index int[n], rows float32[n, d]) of one planned call."""

@@ -305,6 +305,6 @@ def sparse_encode(
       a0 = np.zeros((xs.shape[0], D.shape[0]), np.float32)
     a0 = jax.device_put(a0, sharding.row_sharding(mesh, 2))
     codes, k = fn(xs, D, jnp.float32(alpha), a0)
-    out[s : s + m] = np.asarray(codes)[:m]
+    out[s : s + m] = sharding.to_host(codes)[:m]
     n_iter = max(n_iter, int(k))
   return out, n_iter

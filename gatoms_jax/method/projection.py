@@ -210,8 +210,8 @@ class Projector:
     self._n_dev = sharding.axis_size(self.mesh, sharding.DATA_AXIS)
 
   def __call__(self, rows: np.ndarray) -> np.ndarray:
-    padded, n = sharding.pad_rows(np.asarray(rows, np.float32), self._n_dev)
-    return np.asarray(self._fn(padded, self._params))[:n]
+    padded, n = sharding.shard_rows(np.asarray(rows, np.float32), self.mesh)
+    return sharding.to_host(self._fn(padded, self._params))[:n]
 
 
 def project_chunks(

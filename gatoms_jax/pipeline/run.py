@@ -9,10 +9,17 @@ from typing import Any, Optional, Sequence
 
 from absl import logging
 
+from gatoms_jax.core import distributed
 from gatoms_jax.core.io import write_json
 from gatoms_jax.pipeline import manifest
 from gatoms_jax.pipeline.context import RunContext
 from gatoms_jax.pipeline.stages import STAGE_FUNCTIONS
+
+
+# Stages without collectives (host work and single-device generation): in a
+# multi-process run the writer alone runs them instead of every process
+# redoing the same work.
+WRITER_ONLY_STAGES = frozenset({'atoms', 'steering', 'report'})
 
 
 def parse_stages(stages: Optional[Sequence[str] | str]) -> list[str]:
@@ -74,13 +81,18 @@ def run(
         f'them first (e.g. --stages={",".join(missing + [stage])})'
       )
     logging.info('stage %s: running (key %s)', stage, keys[stage])
-    manifest.invalidate(stage_dir)
-    if force and os.path.isdir(stage_dir):
-      # Forced: nothing is resumed (checkpoints, stored rows, saved sweeps).
-      shutil.rmtree(stage_dir)
+    if distributed.is_writer():
+      manifest.invalidate(stage_dir)
+      if force and os.path.isdir(stage_dir):
+        # Forced: nothing is resumed (checkpoints, stored rows, sweeps).
+        shutil.rmtree(stage_dir)
     os.makedirs(stage_dir, exist_ok=True)
+    distributed.barrier(f'{stage}:start')
     start = time.perf_counter()
-    extra = STAGE_FUNCTIONS[stage](ctx) or {}
+    if stage in WRITER_ONLY_STAGES and not distributed.is_writer():
+      extra = {}  # no device work: the writer alone runs it
+    else:
+      extra = STAGE_FUNCTIONS[stage](ctx) or {}
     seconds = time.perf_counter() - start
     done[stage] = manifest.write_manifest(
       stage_dir,
@@ -91,6 +103,10 @@ def run(
       seconds=seconds,
       extra={'results': extra},
     )
+    # Every process sees the writer's files (and manifest) from here on.
+    distributed.barrier(f'{stage}:done')
+    if not distributed.is_writer():
+      done[stage] = manifest.read_manifest(stage_dir) or done[stage]
     logging.info('stage %s: done in %.1f s', stage, seconds)
   write_json(os.path.join(ctx.run_dir, 'config.json'), config.to_dict())
   return done

@@ -9,6 +9,7 @@ store) → projection → dictionary → atoms → steering → report
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 
@@ -16,6 +17,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 
+from gatoms_jax.core import distributed
 from gatoms_jax.core.io import read_json, save_npy, write_json
 from gatoms_jax.pipeline.context import RunContext
 
@@ -99,7 +101,8 @@ def run_gradients(ctx: RunContext) -> dict:
   c = ctx.config.gradients
   mdef, base, _ = ctx.split_model
   lora = ctx.finetuned_lora
-  store = GradientStore.open_or_create(
+  open_store = functools.partial(
+    GradientStore.open_or_create,
     os.path.join(ctx.stage_dir('gradients'), 'store'),
     layout_from_tree(lora),
     storage_dtype=c.storage_dtype,
@@ -110,6 +113,10 @@ def run_gradients(ctx: RunContext) -> dict:
       'loss': 'summed assistant-token cross-entropy',
     },
   )
+  # The writer creates (or resumes) the store; the others then open it.
+  store = open_store() if distributed.is_writer() else None
+  distributed.barrier('gradients:store')
+  store = store or open_store()
   extractor = grads.GradientExtractor(
     mdef, base, lora, compute_dtype=c.compute_dtype
   )
@@ -121,6 +128,7 @@ def run_gradients(ctx: RunContext) -> dict:
     chunk_size=c.chunk_size,
     bucket_multiple=ctx.config.data.bucket_multiple,
   )
+  distributed.barrier('gradients:written')
   ctx.__dict__.pop('store', None)  # reopen to see the new chunks
   stats.update(
     n_rows=ctx.store.n_rows, dim=ctx.store.dim, n_skipped=len(ctx.store.skipped)
