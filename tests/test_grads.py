@@ -264,11 +264,17 @@ class StoreTest(absltest.TestCase):
     path = os.path.join(self.dir, 'killed')
     GradientStore.create(path, self.layout)
     repo_root = os.path.dirname(os.path.dirname(gatoms_jax.__file__))
-    env = dict(os.environ, PYTHONPATH=repo_root, JAX_PLATFORMS='cpu')
+    tests_dir = os.path.dirname(os.path.abspath(__file__))
+    # The child imports this module's helpers, so both roots go on its path.
+    env = dict(
+      os.environ,
+      PYTHONPATH=os.pathsep.join([repo_root, tests_dir]),
+      JAX_PLATFORMS='cpu',
+    )
     env['XLA_FLAGS'] = ''  # one device: a faster start
     with tempfile.TemporaryFile('w+') as err:
       child = subprocess.Popen(
-        [sys.executable, '-c', _CHILD, path, os.path.dirname(__file__)],
+        [sys.executable, '-c', _CHILD, path],
         stdout=subprocess.PIPE,
         stderr=err,
         text=True,
