@@ -150,8 +150,23 @@ def base_config() -> ml_collections.ConfigDict:
   c.steering.prompts_per_behavior = 100
   c.steering.max_new_tokens = 128
   c.steering.batch_size = 32
-  c.steering.n_random_controls = 2
+  # Nulls at the same KL levels: random projected-space directions, and
+  # unmatched atoms (of coherence close to the matched ones, not matched to
+  # the behaviour): "this atom steers" vs "any atom steers".
+  c.steering.n_random_controls = 3
   c.steering.control_seed = 1000  # random control s uses seed control_seed + s
+  c.steering.n_unmatched_controls = 1
+  # A supervised ceiling, label-free like the matcher: the mean whitened
+  # projected gradient of training documents whose responses fire the
+  # behaviour's detector minus that of the rest, unprojected like an atom.
+  c.steering.ceiling = True
+  # After the sweeps: each behaviour's chosen toward/away variant applied to
+  # every other behaviour's prompts (a behaviours × behaviours table).
+  c.steering.side_effects = True
+  # Verdicts: selected on one half of each behaviour's prompts, tested on the
+  # other; exact McNemar against the strongest null at the same KL level,
+  # Holm-corrected over the behaviours at this family-wise level.
+  c.steering.significance = 0.05
   # Atoms used by fewer training documents are not matched to behaviours.
   c.steering.min_active_docs = 2
   # Matched atoms per behaviour, swept one by one ('each') or as one
@@ -249,6 +264,8 @@ _AT_LEAST = {
   'steering.prompts_per_behavior': (1, True),
   'steering.max_new_tokens': (1, True),
   'steering.n_random_controls': (0, True),
+  'steering.n_unmatched_controls': (0, True),
+  'steering.significance': (0, False),
   'steering.atoms_per_behavior': (1, True),
   'steering.max_kl': (0, False),
 }

@@ -27,8 +27,13 @@ def get_config():
   # Kronecker factors from a 256-doc sample (the correction uses every doc).
   c.curvature.max_docs = 256
   # Steering on 2 CPU cores: 30 prompts per behaviour (18 inviting, 12
-  # controls), two KL levels, one random control.
+  # controls), two KL levels, one random control; the extra nulls, the
+  # supervised ceiling and the side-effect table run in the full evaluation
+  # (configs/smollm2_steering.py).
   c.steering.prompts_per_behavior = 30
   c.steering.kl_levels = (0.4, 0.8)
   c.steering.n_random_controls = 1
+  c.steering.n_unmatched_controls = 0
+  c.steering.ceiling = False
+  c.steering.side_effects = False
   return c

@@ -105,7 +105,20 @@ class PipelineTest(absltest.TestCase):
       for k in ('baseline', 'best_toward', 'best_away'):
         self.assertIn('rate', row[k])
         self.assertIn('alpha', row[k])
+    # Held-out verdicts per behaviour and direction, and the side effects of
+    # each behaviour's variants on every behaviour's prompts.
+    fields = ('steers', 'p_value', 'p_holm', 'shift_pp', 'shift_ci95')
+    fields += ('control_shift_pp', 'ceiling_shift_pp', 'n_test')
+    for verdicts in summary['steering_verdicts'].values():
+      for direction in ('toward', 'away'):
+        if verdicts[direction] is not None:
+          self.assertEqual(verdicts[direction]['n_test'], 3)
+          self.assertContainsSubset(fields, verdicts[direction])
+    for by_direction in summary['side_effects'].values():
+      for cells in by_direction.values():
+        self.assertEqual(set(cells), {'yes_no', 'bullets'})
     report = open(os.path.join(run_dir, 'report.md')).read()
+    self.assertIn('Held-out verdicts', report)
     self.assertIn('k-means', report)
     self.assertIn('random', report)
     for png in ('coherence.png', 'steering.png'):

@@ -107,6 +107,72 @@ def _manifest_results(run_dir: str, stage: str):
   return m.get('results', {}), m.get('seconds')
 
 
+def _interval(ci) -> str:
+  return '–' if ci is None else f'[{ci[0]:+.0f}, {ci[1]:+.0f}]'
+
+
+def _held_out_lines(summary: dict, c) -> list[str]:
+  """The held-out verdict table: selected on one half, tested on the other."""
+  rows = []
+  for name, verdicts in summary['steering_verdicts'].items():
+    for direction in ('toward', 'away'):
+      v = verdicts.get(direction)
+      if not v:
+        continue
+      ceiling = v.get('ceiling_shift_pp')
+      rows.append(
+        f'| {name} | {direction} | {v["atom"]} @ {v["kl_level"]:g} | '
+        f'{v["n_test"]} | {v["baseline_rate"]:.0f} → {v["rate"]:.0f} | '
+        f'{v["shift_pp"]:+.0f} {_interval(v["shift_ci95"])} | '
+        f'{_fmt(v["control_shift_pp"], 0)} ({v["control"] or "–"}) | '
+        f'{_fmt(ceiling, 0)} | {_fmt(v["p_value"], 3)} / '
+        f'{_fmt(v.get("p_holm"), 3)} | {"yes" if v.get("steers") else "no"} |'
+      )
+  if not rows:
+    return []
+  return [
+    '',
+    'Held-out verdicts: the variant (atom direction, sign, KL level) is '
+    "chosen on one half of each behaviour's prompts and reported on the "
+    'other (test) half; shift in points with a 95% paired-bootstrap interval; '
+    'p: exact McNemar, atom variant vs the strongest null (random directions'
+    ', unmatched atoms) at the same KL level on the test prompts, then '
+    'Holm-corrected over behaviours. Steers: Holm p < '
+    f'{c.significance:g}, shift ≥ {c.min_shift_pp:g} pp and ≥ '
+    f'{c.control_margin_pp:g} pp beyond the null, within the guard. Ceiling: '
+    'the supervised direction (detector-firing training documents minus the '
+    'rest) at its best level, on the same prompts.',
+    '',
+    '| behaviour | direction | variant | test prompts | rate % | shift pp [95%] '
+    '| null shift pp | ceiling shift pp | p / Holm p | steers? |',
+    '|---|---|---|---:|---:|---:|---:|---:|---:|---|',
+    *rows,
+  ]
+
+
+def _side_effect_lines(rows: dict | None) -> list[str]:
+  """Steering one behaviour (rows) vs the rate shift of every behaviour."""
+  if not rows:
+    return []
+  measured = list(next(iter(next(iter(rows.values())).values())))
+  lines = [
+    '',
+    "Side effects: each behaviour's held-out variant applied to every "
+    "behaviour's prompts; shift of that behaviour's rate in points.",
+    '',
+    '| steered | ' + ' | '.join(measured) + ' |',
+    '|---|' + '---:|' * len(measured),
+  ]
+  for name, by_direction in rows.items():
+    for direction, cells in by_direction.items():
+      lines.append(
+        f'| {name} {direction} | '
+        + ' | '.join(f'{cells[m]["shift_pp"]:+.0f}' for m in measured)
+        + ' |'
+      )
+  return lines
+
+
 def write_report(
   run_dir: str, config: Any, stages: Sequence[str] = STAGES
 ) -> dict:
@@ -131,6 +197,7 @@ def write_report(
   )
   char = _read(os.path.join(char_dir, 'summary.json'), {}) or {}
   sweeps = _read(os.path.join(run_dir, 'steering', 'sweeps.json'), {}) or {}
+  side_effects = _read(os.path.join(run_dir, 'steering', 'side_effects.json'))
   stage_seconds = {}
   for stage in stages:
     _, seconds = _manifest_results(run_dir, stage)
@@ -169,16 +236,23 @@ def write_report(
     'heldout_loss_before': finetune.get('heldout_loss_before'),
     'heldout_loss_after': finetune.get('heldout_loss_after'),
     'steering': steering,
+    # Held-out verdicts (selected on one half of the prompts, tested on the
+    # other), per behaviour and direction; `per_atom` keeps the all-prompts
+    # verdict of each swept atom direction.
     'steering_verdicts': {
       name: {
-        atom: {
-          k: v.get(k)
-          for k in ('steers', 'alpha', 'shift_pp', 'control_shift_pp')
-        }
-        for atom, v in res['summary']['verdicts'].items()
+        **(res['summary'].get('held_out') or {}),
+        'per_atom': {
+          atom: {
+            k: v.get(k)
+            for k in ('steers', 'alpha', 'shift_pp', 'control_shift_pp')
+          }
+          for atom, v in res['summary']['verdicts'].items()
+        },
       }
       for name, res in sweeps.items()
     },
+    'side_effects': (side_effects or {}).get('rows'),
     'stage_seconds': stage_seconds,
   }
   write_json(os.path.join(run_dir, 'summary.json'), summary)
@@ -302,7 +376,7 @@ def write_report(
       )
 
     for name, row in steering.items():
-      verdicts = summary['steering_verdicts'][name]
+      verdicts = summary['steering_verdicts'][name]['per_atom']
       steers = ', '.join(
         f'{a}: {"yes" if v["steers"] else "no"}' for a, v in verdicts.items()
       )
@@ -310,6 +384,8 @@ def write_report(
         f'| {name} | {row["baseline"]["rate"]:.1f} | {best(row["best_toward"])} '
         f'| {best(row["best_away"])} | {steers} |'
       )
+    lines += _held_out_lines(summary, c)
+    lines += _side_effect_lines(summary.get('side_effects'))
     lines += ['', '![steering](steering.png)', '']
   lines += ['## Stage timings (s)', '', '| stage | seconds |', '|---|---:|']
   lines += [f'| {k} | {v} |' for k, v in stage_seconds.items()]

@@ -286,6 +286,8 @@ _VERDICT_KEYS = (
   'max_kl',
   'max_degenerate_increase',
   'shift_direction',
+  'significance',
+  'side_effects',
 )
 
 
@@ -303,6 +305,45 @@ def _sweep_key(config) -> str:
     default=str,
   )
   return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def _unmatched_groups(active, matched, chosen, n_groups, coherence):
+  """Atom groups for the unmatched-atom nulls of one behaviour.
+
+  Each group has as many atoms as the behaviour's chosen set (so a composed
+  direction is compared with a composed null), drawn from the active atoms the
+  matcher did not rank for this behaviour, those of coherence closest to the
+  chosen atoms' mean first.
+  """
+  if not n_groups or not chosen:
+    return []
+  target = float(np.mean([coherence.get(a, 0.0) for a in chosen]))
+  pool = [s['atom'] for s in active if s['atom'] not in set(matched)]
+  pool.sort(key=lambda a: (abs(coherence.get(a, 0.0) - target), a))
+  size = len(chosen)
+  groups = [pool[i * size : (i + 1) * size] for i in range(n_groups)]
+  return [g for g in groups if len(g) == size]
+
+
+def _ceiling_vector(ctx: RunContext, ids, behavior: str):
+  """Supervised direction in the projected space: the mean whitened
+  projected gradient of training documents whose responses fire the
+  behaviour's detector minus the mean over the rest (no labels used).
+  None when either group is empty."""
+  from gatoms_jax.method.steering import behaviors
+
+  detect = behaviors.get_detector(behavior)
+  fired = np.array([bool(detect(r)) for r in ctx.responses(ids)])
+  if fired.all() or not fired.any():
+    logging.info(
+      'steering %s: no ceiling (detector fires on %d of %d docs)',
+      behavior,
+      int(fired.sum()),
+      fired.size,
+    )
+    return None
+  G = ctx.load_npy('projection', 'projected.npy')
+  return G[fired].mean(axis=0) - G[~fired].mean(axis=0)
 
 
 def run_steering(ctx: RunContext) -> dict:
@@ -359,7 +400,7 @@ def run_steering(ctx: RunContext) -> dict:
   partial_dir = os.path.join(out, 'behaviors')
   os.makedirs(partial_dir, exist_ok=True)
   key = _sweep_key(ctx.config)
-  results, table = {}, {}
+  results, table, steered = {}, {}, {}
   # The random controls are the same directions for every behaviour, so the
   # previous behaviour's coefficients start their calibration near the answer.
   control_hints: dict = {}
@@ -379,6 +420,18 @@ def run_steering(ctx: RunContext) -> dict:
       f'random{s}': directions.random(c.control_seed + s)
       for s in range(c.n_random_controls)
     }
+    matched = [a for a, _ in matches[name][: max(5, c.atoms_per_behavior)]]
+    for u, group in enumerate(
+      _unmatched_groups(
+        active, matched, chosen, c.n_unmatched_controls, coherence
+      )
+    ):
+      controls[f'unmatched{u}'] = directions.combined(group)
+    ceiling = {}
+    if c.ceiling:
+      vector = _ceiling_vector(ctx, ids, name)
+      if vector is not None:
+        ceiling['ceiling'] = directions.from_vector(vector)
     if saved and saved.get('key') == key:
       logging.info('steering %s: done in an earlier run, reused', name)
       res = saved['result']
@@ -386,7 +439,7 @@ def run_steering(ctx: RunContext) -> dict:
       res = runner.sweep(
         sets[name],
         name,
-        {**dirs, **controls},
+        {**dirs, **controls, **ceiling},
         list(c.kl_levels),
         initial_coefficients=control_hints,
         progress=logging.info,
@@ -396,21 +449,41 @@ def run_steering(ctx: RunContext) -> dict:
         for a, s in matches[name][: max(5, c.atoms_per_behavior)]
       ]
       write_json(partial, {'key': key, 'result': res})
-    res['summary'] = sweep.summarize_sweep(
-      res,
-      list(dirs),
-      list(controls),
+    rules = dict(
       min_shift_pp=c.min_shift_pp,
       control_margin_pp=c.control_margin_pp,
       max_kl=c.max_kl,
       max_degenerate_increase=c.max_degenerate_increase,
-      direction=c.shift_direction,
     )
-    control_hints = sweep.coefficients_of(res, list(controls))
+    res['summary'] = sweep.summarize_sweep(
+      res,
+      list(dirs),
+      list(controls),
+      direction=c.shift_direction,
+      **rules,
+    )
+    res['summary']['held_out'] = sweep.held_out_verdicts(
+      res,
+      list(dirs),
+      list(controls),
+      ceiling_name='ceiling' if ceiling else None,
+      **rules,
+    )
+    control_hints = sweep.coefficients_of(
+      res, [n for n in controls if n.startswith('random')]
+    )
     results[name] = res
+    steered[name] = {**dirs, **controls, **ceiling}
     table[name] = {
       k: res['summary'][k] for k in ('baseline', 'best_toward', 'best_away')
     }
+  sweep.apply_holm(
+    {n: r['summary']['held_out'] for n, r in results.items()},
+    alpha=c.significance,
+  )
+  if c.side_effects:
+    side = sweep.side_effects(runner, sets, results, steered)
+    write_json(os.path.join(out, 'side_effects.json'), side)
   write_json(os.path.join(out, 'sweeps.json'), results)
   return {'steering': table}
 

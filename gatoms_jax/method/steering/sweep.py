@@ -26,7 +26,7 @@ from typing import Any, Callable, Mapping, Optional, Sequence
 
 import numpy as np
 
-from gatoms_jax.method.steering import behaviors, directions as steer
+from gatoms_jax.method.steering import behaviors, directions as steer, stats
 from gatoms_jax.method.text import is_degenerate
 
 PyTree = Any
@@ -358,3 +358,238 @@ def summarize_sweep(
     'max_degenerate': max_degenerate,
     'verdicts': verdicts,
   }
+
+
+def _fired(record: Mapping, detect) -> np.ndarray:
+  return np.array([bool(detect(o)) for o in record['outputs']])
+
+
+def _pick_on_selection(
+  candidates: Mapping[str, Mapping[float, Mapping]],
+  base: np.ndarray,
+  nulls: Sequence[Mapping[float, Mapping]],
+  fired,
+  sel: np.ndarray,
+  sign: float,
+  guard,
+):
+  """(name, key) of the guarded variant with the largest margin over the
+  strongest null on the selection half (ties: smaller KL level)."""
+  best, best_score = None, -math.inf
+  for name, sweep in candidates.items():
+    for key, rec in sorted(sweep.items(), key=lambda kv: abs(kv[0])):
+      if not guard(rec):
+        continue
+      effect = sign * 100.0 * (fired(rec)[sel].mean() - base[sel].mean())
+      null_effects = [
+        sign * 100.0 * (fired(n[k])[sel].mean() - base[sel].mean())
+        for n in nulls
+        for k in n
+        if math.isclose(abs(k), abs(key))
+      ]
+      score = effect - max(null_effects, default=0.0)
+      if score > best_score:
+        best, best_score = (name, key), score
+  return best
+
+
+def held_out_verdicts(
+  result: dict,
+  atom_names: Sequence[str],
+  null_names: Sequence[str],
+  *,
+  ceiling_name: Optional[str] = None,
+  min_shift_pp: float = 30.0,
+  control_margin_pp: float = 10.0,
+  max_kl: float = 1.0,
+  max_degenerate_increase: float = 0.2,
+) -> dict:
+  """Select on one half of the prompts, test on the other, per direction.
+
+  For "toward" (raise the detector's rate) and "away" (lower it): the atom
+  variant (atom, sign, KL level) within the guards whose shift from the
+  baseline most exceeds the strongest null at the same KL level is chosen on
+  the selection half (`stats.split_halves`); on the test half it is compared,
+  prompt by prompt, with the strongest null at that level (the null with the
+  largest same-direction shift on the test half: the conservative choice) by
+  an exact McNemar test. `steers` here is provisional: the caller applies the
+  Holm correction over behaviours (`apply_holm`).
+
+  Args:
+    result: a `SweepRunner.sweep` result (with every variant's outputs).
+    atom_names: the atom directions of the sweep.
+    null_names: the null directions (random directions, unmatched atoms).
+    ceiling_name: a supervised direction swept like the atoms, or None.
+    min_shift_pp, control_margin_pp, max_kl, max_degenerate_increase: the
+      verdict's rules (see `behaviors.steering_verdict`).
+
+  Returns:
+    {"toward" / "away": {"atom", "kl_level", "coefficient", "n_test",
+    "rate", "rate_ci95", "baseline_rate", "shift_pp", "shift_ci95",
+    "control", "control_shift_pp", "p_value", "ceiling_shift_pp",
+    "fraction_of_ceiling", "guards_hold", "rules_hold"}} (None for a
+    direction without a guarded variant).
+  """
+  detect = behaviors.get_detector(result['behavior'])
+  cache: dict[int, np.ndarray] = {}
+
+  def fired(rec):
+    if id(rec) not in cache:
+      cache[id(rec)] = _fired(rec, detect)
+    return cache[id(rec)]
+
+  def sweep_of(name):
+    return {
+      float(k): v for k, v in result['directions'][name]['variants'].items()
+    }
+
+  base = fired(result['baseline'])
+  sel, test = stats.split_halves(result['invites'])
+  max_degenerate = result['baseline']['degenerate'] + max_degenerate_increase
+
+  def guard(rec):
+    return rec['kl'] <= max_kl and rec['degenerate'] <= max_degenerate
+
+  atoms = {n: sweep_of(n) for n in atom_names if n in result['directions']}
+  nulls = {n: sweep_of(n) for n in null_names if n in result['directions']}
+  ceiling = None
+  if ceiling_name and ceiling_name in result['directions']:
+    ceiling = sweep_of(ceiling_name)
+  base_rate = 100.0 * base[test].mean() if test.size else None
+  out = {}
+  for direction, sign in (('toward', 1.0), ('away', -1.0)):
+    pick = _pick_on_selection(
+      atoms, base, list(nulls.values()), fired, sel, sign, guard
+    )
+    if pick is None or not test.size:
+      out[direction] = None
+      continue
+    name, key = pick
+    rec = atoms[name][key]
+    f = fired(rec)[test]
+    shift = 100.0 * (f.mean() - base[test].mean())
+    strongest, strongest_effect = None, -math.inf
+    for null_name, sweep in nulls.items():
+      for k, null_rec in sweep.items():
+        if not math.isclose(abs(k), abs(key)):
+          continue
+        effect = (
+          sign * 100.0 * (fired(null_rec)[test].mean() - base[test].mean())
+        )
+        if effect > strongest_effect:
+          strongest, strongest_effect = (null_name, k), effect
+    if strongest is not None:
+      null_fired = fired(nulls[strongest[0]][strongest[1]])[test]
+      p_value = stats.mcnemar_exact(f, null_fired)
+      control_shift = sign * strongest_effect
+    else:
+      p_value, control_shift = None, None
+    ceiling_shift = None
+    if ceiling is not None:
+      c_pick = _pick_on_selection(
+        {ceiling_name: ceiling}, base, [], fired, sel, sign, guard
+      )
+      if c_pick is not None:
+        c_rec = ceiling[c_pick[1]]
+        ceiling_shift = 100.0 * (fired(c_rec)[test].mean() - base[test].mean())
+    effect = sign * shift
+    rules_hold = effect >= min_shift_pp and (
+      control_shift is not None
+      and effect - sign * control_shift >= control_margin_pp
+    )
+    out[direction] = {
+      'atom': name,
+      'kl_level': abs(key),
+      'coefficient': float(rec['coefficient']),
+      'n_test': int(test.size),
+      'rate': 100.0 * f.mean(),
+      'rate_ci95': stats.wilson_interval(int(f.sum()), int(f.size)),
+      'baseline_rate': base_rate,
+      'shift_pp': shift,
+      'shift_ci95': stats.paired_shift_interval(f, base[test]),
+      'control': None if strongest is None else strongest[0],
+      'control_shift_pp': control_shift,
+      'p_value': p_value,
+      'ceiling_shift_pp': ceiling_shift,
+      'fraction_of_ceiling': (
+        shift / ceiling_shift
+        if ceiling_shift not in (None, 0.0) and sign * ceiling_shift > 0
+        else None
+      ),
+      'guards_hold': True,
+      'rules_hold': bool(rules_hold),
+    }
+  return out
+
+
+def apply_holm(held_out: Mapping[str, dict], alpha: float = 0.05) -> None:
+  """Holm-corrects the held-out p-values over behaviours, per direction, and
+  sets each verdict's `p_holm` and `steers` (in place).
+
+  Args:
+    held_out: behaviour → `held_out_verdicts` result.
+    alpha: family-wise error rate.
+  """
+  for direction in ('toward', 'away'):
+    family = {
+      b: (v[direction] or {}).get('p_value') for b, v in held_out.items()
+    }
+    adjusted = stats.holm(family)
+    for b, v in held_out.items():
+      verdict = v[direction]
+      if verdict is None:
+        continue
+      verdict['p_holm'] = adjusted.get(b)
+      verdict['steers'] = bool(
+        verdict['rules_hold']
+        and verdict['p_holm'] is not None
+        and verdict['p_holm'] < alpha
+      )
+
+
+def side_effects(
+  runner: SweepRunner,
+  prompt_sets: Mapping[str, behaviors.PromptSet],
+  results: Mapping[str, dict],
+  directions: Mapping[str, Mapping[str, PyTree]],
+) -> dict:
+  """What steering one behaviour does to the others.
+
+  Each behaviour's held-out toward/away variant (its atom direction and
+  calibrated coefficient) is applied to every behaviour's prompts, and that
+  behaviour's detector rate is compared with its unsteered rate on the same
+  prompts.
+
+  Args:
+    runner: the sweep runner (generator, tokenizer, unsteered adapter).
+    prompt_sets: behaviour → its prompts.
+    results: behaviour → sweep result with `summary.held_out`.
+    directions: behaviour → {direction name: unit-norm LoRA delta}.
+
+  Returns:
+    {"rows": {steered behaviour: {"toward" / "away": {measured behaviour:
+    {"rate", "baseline_rate", "shift_pp"}}}}, "seconds"}.
+  """
+  start = time.perf_counter()
+  variants = []  # (steered behaviour, toward/away, adapter)
+  for name, res in results.items():
+    for direction, verdict in res['summary']['held_out'].items():
+      if verdict is None:
+        continue
+      delta = directions[name][verdict['atom']]
+      lora = steer.add_scaled(runner.lora, delta, verdict['coefficient'])
+      variants.append((name, direction, lora))
+  rows: dict = {}
+  for measured, res in results.items():
+    detect = behaviors.get_detector(measured)
+    prompts = [runner._format(t) for t in prompt_sets[measured].texts]
+    base = _fired(res['baseline'], detect)
+    outputs = runner._generate([v[2] for v in variants], prompts)
+    for (name, direction, _), ids in zip(variants, outputs):
+      fired = np.array([bool(detect(runner._decode(o))) for o in ids])
+      rows.setdefault(name, {}).setdefault(direction, {})[measured] = {
+        'rate': 100.0 * fired.mean(),
+        'baseline_rate': 100.0 * base.mean(),
+        'shift_pp': 100.0 * (fired.mean() - base.mean()),
+      }
+  return {'rows': rows, 'seconds': time.perf_counter() - start}
