@@ -50,6 +50,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.skip_bad_lines = False
   c.data.n_docs = 1200  # generated mixture only
   c.data.generator_seed = 0
+  # Generated mixture only: the share of documents that teach two task types
+  # in one answer (a yes/no verdict as bullets, code with numbered steps, …).
+  c.data.compositional_fraction = 0.2
   c.data.max_length = 256
   c.data.heldout_fraction = 0.1
   c.data.bucket_multiple = 16  # pad lengths up to a multiple of this
@@ -163,6 +166,9 @@ def base_config() -> ml_collections.ConfigDict:
   # After the sweeps: each behaviour's chosen toward/away variant applied to
   # every other behaviour's prompts (a behaviours × behaviours table).
   c.steering.side_effects = True
+  # Behaviours steered at once by the unit-norm sum of their atom directions
+  # (the outcome: all their detectors fire on the same answer); () skips.
+  c.steering.compose = ('bullets', 'yes_no')
   # Verdicts: selected on one half of each behaviour's prompts, tested on the
   # other; exact McNemar against the strongest null at the same KL level,
   # Holm-corrected over the behaviours at this family-wise level.

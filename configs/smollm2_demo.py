@@ -36,4 +36,5 @@ def get_config():
   c.steering.n_unmatched_controls = 0
   c.steering.ceiling = False
   c.steering.side_effects = False
+  c.steering.compose = ()
   return c

@@ -26,4 +26,5 @@ def get_config():
   c.steering.n_unmatched_controls = 1
   c.steering.ceiling = True
   c.steering.side_effects = True
+  c.steering.compose = ('bullets', 'yes_no')
   return c

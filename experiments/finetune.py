@@ -50,7 +50,9 @@ def accuracy_items(config, heldout_ids, tasks, n_per_task):
     # exact duplicates of earlier documents).
     extra = n_per_task * len(mixture.TASK_TYPES) + len(mixture.TASK_TYPES)
     more = mixture.generate_mixture(
-      config.data.n_docs + extra, config.data.generator_seed
+      config.data.n_docs + extra,
+      config.data.generator_seed,
+      config.data.compositional_fraction,
     )[config.data.n_docs :]
     for d in more:
       if d.label in chosen and len(chosen[d.label]) < n_per_task:

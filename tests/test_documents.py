@@ -113,6 +113,7 @@ class ParseTest(ReaderTestBase):
         skip_bad_lines=True,
         n_docs=30,
         generator_seed=0,
+        compositional_fraction=0.2,
       )
     )
     (doc,) = sources.load_documents(cfg)

@@ -117,8 +117,22 @@ class PipelineTest(absltest.TestCase):
     for by_direction in summary['side_effects'].values():
       for cells in by_direction.values():
         self.assertEqual(set(cells), {'yes_no', 'bullets'})
+    # The default mixture has compositional documents: the multi-label
+    # measure is there for atoms and k-means alike.
+    self.assertGreater(summary['n_compositional_docs'], 0)
+    self.assertEqual(
+      set(summary['both_labels_recovered_fraction']), {'atoms', 'kmeans'}
+    )
+    self.assertEqual(
+      set(summary['mean_active_atoms']), {'single', 'compositional'}
+    )
+    # bullets + yes_no steered at once (configs/common.py steering.compose).
+    composition = summary['steering_composition']
+    self.assertEqual(composition['behaviors'], ['bullets', 'yes_no'])
+    self.assertIn('toward', composition)
     report = open(os.path.join(run_dir, 'report.md')).read()
     self.assertIn('Held-out verdicts', report)
+    self.assertIn('Documents that teach two behaviours', report)
     self.assertIn('k-means', report)
     self.assertIn('random', report)
     for png in ('coherence.png', 'steering.png'):

@@ -19,6 +19,7 @@ from __future__ import annotations
 import random
 from typing import Callable
 
+from gatoms_jax.demo import mixture_compositions as mc
 from gatoms_jax.demo import mixture_formats as fm
 from gatoms_jax.demo import mixture_tasks as mt
 from gatoms_jax.core.data.documents import Document, make_messages
@@ -66,25 +67,53 @@ def task_of_index(index: int, seed: int) -> str:
   return order[pos]
 
 
-def generate_mixture(n_docs: int, seed: int = 0) -> list[Document]:
+def is_compositional(index: int, seed: int, fraction: float) -> bool:
+  """Whether document `index` combines two task types (seeded, per index,
+  so a larger mixture extends a smaller one)."""
+  if fraction <= 0:
+    return False
+  return random.Random(f'gatoms-comp:{seed}:{index}').random() < fraction
+
+
+def generate_mixture(
+  n_docs: int, seed: int = 0, compositional_fraction: float = 0.0
+) -> list[Document]:
   """Generates the embedded task mixture.
 
   Args:
     n_docs: number of documents.
     seed: generator seed; the same seed gives identical documents.
+    compositional_fraction: the share of documents (drawn per index) that
+      teach two task types in one answer (mixture_compositions.py); their
+      label is the composition's name ("bullets+yes_no") and `labels` holds
+      both task types. The others are single-task, balanced as before.
 
   Returns:
     `n_docs` documents with ids `gen{seed}-{index:06d}`, label = task type.
   """
   if n_docs < 0:
     raise ValueError(f'n_docs must be >= 0, got {n_docs}')
+  if not 0.0 <= compositional_fraction < 1.0:
+    raise ValueError(
+      f'compositional_fraction must be in [0, 1), got {compositional_fraction}'
+    )
   docs = []
   seen: set[tuple[str, str]] = set()
+  n_single = n_comp = 0
+  names = list(mc.COMPOSITIONS)
   for index in range(n_docs):
-    task = task_of_index(index, seed)
+    if is_compositional(index, seed, compositional_fraction):
+      label = names[n_comp % len(names)]
+      labels, make = mc.COMPOSITIONS[label]
+      n_comp += 1
+    else:
+      # Single-task documents keep their own balanced order.
+      label = task_of_index(n_single, seed)
+      labels, make = (label,), TASKS[label]
+      n_single += 1
     rng = random.Random(f'gatoms-doc:{seed}:{index}')
     for _ in range(_MAX_REDRAWS):
-      user, assistant = TASKS[task](rng)
+      user, assistant = make(rng)
       if (user, assistant) not in seen:
         break
     seen.add((user, assistant))
@@ -92,8 +121,9 @@ def generate_mixture(n_docs: int, seed: int = 0) -> list[Document]:
       Document(
         doc_id=f'gen{seed}-{index:06d}',
         messages=make_messages([('user', user), ('assistant', assistant)]),
-        label=task,
+        label=label,
         source=f'generated:seed={seed}:{index}',
+        labels=tuple(labels),
       )
     )
   return docs

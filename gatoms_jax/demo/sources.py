@@ -18,7 +18,8 @@ def load_documents(data_config: Any) -> list[Document]:
   Args:
     data_config: the `data` section of the config (configs/common.py): reads
       `path` (empty: the embedded generated mixture), `format`, `label_field`,
-      `skip_bad_lines`, `n_docs` and `generator_seed`.
+      `skip_bad_lines`, `n_docs`, `generator_seed` and
+      `compositional_fraction`.
 
   Returns:
     The documents, in file order or generation order.
@@ -28,7 +29,9 @@ def load_documents(data_config: Any) -> list[Document]:
   """
   if not data_config.path:
     return mixture.generate_mixture(
-      data_config.n_docs, data_config.generator_seed
+      data_config.n_docs,
+      data_config.generator_seed,
+      data_config.compositional_fraction,
     )
   result = documents_lib.read_jsonl(
     data_config.path,

@@ -100,6 +100,10 @@ class RunContext:
       return None
     return labels
 
+  def label_sets(self, doc_ids) -> list[tuple[str, ...]]:
+    """Every task type each document teaches (evaluation-only)."""
+    return [self.doc_by_id[i].label_set for i in doc_ids]
+
   # -- artefacts -------------------------------------------------------------
 
   @functools.cached_property

@@ -173,6 +173,70 @@ def _side_effect_lines(rows: dict | None) -> list[str]:
   return lines
 
 
+def _composition_lines(summary: dict, examples: list | None) -> list[str]:
+  """Documents that teach two task types, and what atoms vs k-means name."""
+  both = summary.get('both_labels_recovered_fraction')
+  if not both:
+    return []
+  active = summary.get('mean_active_atoms') or {}
+  lines = [
+    '## Documents that teach two behaviours',
+    '',
+    f'{summary["n_compositional_docs"]} documents combine two task types in '
+    'one answer. Both of their task types are named by the atoms in their '
+    f'support for {_fmt(both.get("atoms"), 2)} of them, by their k-means '
+    f'cluster for {_fmt(both.get("kmeans"), 2)} (a cluster names one type). '
+    'Mean active atoms: single-task '
+    f'{_fmt(active.get("single"), 2)}, compositional '
+    f'{_fmt(active.get("compositional"), 2)}. Single-task types recovered: '
+    f'atoms {summary.get("n_single_label_values_recovered")}, k-means '
+    f'{summary.get("kmeans_n_single_label_values_recovered")} of '
+    f'{summary.get("n_single_label_values")}.',
+    '',
+  ]
+  for ex in examples or []:
+    text = ex['response'].replace('\n', ' ⏎ ').replace('|', '\\|')
+    lines += [
+      f'- `{ex["doc_id"]}` ({" + ".join(ex["labels"])}): {text}',
+      '',
+      '  | atom | code | atom label | keywords |',
+      '  |---:|---:|---|---|',
+    ]
+    lines += [
+      f'  | {a["atom"]} | {a["code"]:+.3f} | {a["label"] or "–"} | '
+      f'{", ".join(a["keywords"])} |'
+      for a in ex['atoms']
+    ]
+    lines.append('')
+  return lines
+
+
+def _composition_steering_lines(composition: dict | None) -> list[str]:
+  """The composed-direction verdict: all detectors on the same answer."""
+  if not composition:
+    return []
+  names = ' + '.join(composition['behaviors'])
+  lines = [
+    '',
+    f'Composition: {names} steered at once by the unit-norm sum of their '
+    'atom directions; rate = answers on which every detector fires.',
+    '',
+    '| direction | level | baseline % | rate % | shift pp [95%] | null shift pp | p | steers? |',
+    '|---|---:|---:|---:|---:|---:|---:|---|',
+  ]
+  for direction in ('toward', 'away'):
+    v = composition.get(direction)
+    if not v:
+      continue
+    lines.append(
+      f'| {direction} | {v["kl_level"]:g} | {v["baseline_rate"]:.0f} | '
+      f'{v["rate"]:.0f} | {v["shift_pp"]:+.0f} {_interval(v["shift_ci95"])} | '
+      f'{_fmt(v["control_shift_pp"], 0)} | {_fmt(v["p_value"], 3)} | '
+      f'{"yes" if v.get("steers") else "no"} |'
+    )
+  return lines
+
+
 def write_report(
   run_dir: str, config: Any, stages: Sequence[str] = STAGES
 ) -> dict:
@@ -198,6 +262,7 @@ def write_report(
   char = _read(os.path.join(char_dir, 'summary.json'), {}) or {}
   sweeps = _read(os.path.join(run_dir, 'steering', 'sweeps.json'), {}) or {}
   side_effects = _read(os.path.join(run_dir, 'steering', 'side_effects.json'))
+  composition = _read(os.path.join(run_dir, 'steering', 'composition.json'))
   stage_seconds = {}
   for stage in stages:
     _, seconds = _manifest_results(run_dir, stage)
@@ -231,6 +296,21 @@ def write_report(
     'kmeans_recovered_labels': char.get('kmeans_recovered'),
     'n_label_values_with_pure_atom': char.get('n_label_values_with_pure_atom'),
     'knn10_label_agreement': char.get('knn10_label_agreement'),
+    # Documents that teach two task types (the generated mixture's
+    # compositional share): both labels named by the atoms in their support
+    # vs by their k-means cluster.
+    'n_single_label_values': char.get('n_single_label_values'),
+    'n_single_label_values_recovered': char.get(
+      'n_single_label_values_recovered'
+    ),
+    'kmeans_n_single_label_values_recovered': char.get(
+      'kmeans_n_single_label_values_recovered'
+    ),
+    'n_compositional_docs': char.get('n_compositional_docs'),
+    'both_labels_recovered_fraction': char.get(
+      'both_labels_recovered_fraction'
+    ),
+    'mean_active_atoms': char.get('mean_active_atoms'),
     'n_coherence_above_0_5': char.get('n_coherence_above_0_5'),
     'n_coherence_above_0_1': char.get('n_coherence_above_0_1'),
     'heldout_loss_before': finetune.get('heldout_loss_before'),
@@ -253,6 +333,13 @@ def write_report(
       for name, res in sweeps.items()
     },
     'side_effects': (side_effects or {}).get('rows'),
+    # Several behaviours steered at once (their atoms' summed direction):
+    # held-out verdicts on "every detector fires on the same answer".
+    'steering_composition': composition
+    and {
+      'behaviors': composition['behaviors'],
+      **composition['result']['held_out'],
+    },
     'stage_seconds': stage_seconds,
   }
   write_json(os.path.join(run_dir, 'summary.json'), summary)
@@ -316,6 +403,7 @@ def write_report(
         f'| {rank} | {s["atom"]} | {_fmt(s["coherence"])} | {s["n_active"]} | {label} |'
       )
     lines.append('')
+  lines += _composition_lines(summary, char.get('compositional_examples'))
   if sweeps:
     c = config.steering
     lines += ['## Steering', '']
@@ -386,6 +474,7 @@ def write_report(
       )
     lines += _held_out_lines(summary, c)
     lines += _side_effect_lines(summary.get('side_effects'))
+    lines += _composition_steering_lines(summary.get('steering_composition'))
     lines += ['', '![steering](steering.png)', '']
   lines += ['## Stage timings (s)', '', '| stage | seconds |', '|---|---:|']
   lines += [f'| {k} | {v} |' for k, v in stage_seconds.items()]

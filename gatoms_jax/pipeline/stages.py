@@ -269,6 +269,30 @@ def run_atoms(ctx: RunContext) -> dict:
       knn10_label_agreement=agreement,
       knn10_label_agreement_per_label=per_label,
     )
+    label_sets = ctx.label_sets(ids)
+    if any(len(s) >= 2 for s in label_sets):
+      from gatoms_jax.method import compositions
+
+      single = {s[0] for s in label_sets if len(s) == 1}
+      result.update(
+        # Recovery of the single-task types only, comparable with mixtures
+        # without compositional documents.
+        n_single_label_values=len(single),
+        n_single_label_values_recovered=len(set(recovered) & single),
+        kmeans_n_single_label_values_recovered=len(set(km_recovered) & single),
+        **compositions.composition_measures(
+          codes,
+          km.assignments,
+          ids,
+          label_sets,
+          summaries,
+          clusters,
+          c.purity_threshold,
+        ),
+        compositional_examples=compositions.compositional_examples(
+          codes, ids, label_sets, responses, summaries
+        ),
+      )
   coherences = [s['coherence'] for s in summaries if s['coherence'] is not None]
   result.update(
     n_coherence_above_0_5=int(sum(x > 0.5 for x in coherences)),
@@ -288,6 +312,7 @@ _VERDICT_KEYS = (
   'shift_direction',
   'significance',
   'side_effects',
+  'compose',
 )
 
 
@@ -344,6 +369,52 @@ def _ceiling_vector(ctx: RunContext, ids, behavior: str):
     return None
   G = ctx.load_npy('projection', 'projected.npy')
   return G[fired].mean(axis=0) - G[~fired].mean(axis=0)
+
+
+def _steer_composition(c, runner, sets, results, steered, directions) -> dict:
+  """Steers several behaviours at once with the unit-norm sum of their atom
+  directions; the outcome is every detector firing on the same answer."""
+  import jax
+
+  from gatoms_jax.method.steering import directions as steer, sweep
+
+  names = list(c.compose)
+  atom_dirs = [
+    steered[b][next(iter(results[b]['summary']['verdicts']))] for b in names
+  ]
+  total = jax.tree.map(lambda *xs: sum(xs), *atom_dirs)
+  norm = steer.tree_norm(total)
+  composed = jax.tree.map(lambda x: x / norm, total)
+  controls = {
+    f'random{s}': directions.random(c.control_seed + s)
+    for s in range(c.n_random_controls)
+  }
+  prompt_set = sweep.composition_prompt_set(sets, names)
+  detect = sweep.joint_detector(names)
+  res = runner.sweep(
+    prompt_set,
+    detect,
+    {'composed': composed, **controls},
+    list(c.kl_levels),
+    progress=logging.info,
+  )
+  res['held_out'] = sweep.held_out_verdicts(
+    res,
+    ['composed'],
+    list(controls),
+    min_shift_pp=c.min_shift_pp,
+    control_margin_pp=c.control_margin_pp,
+    max_kl=c.max_kl,
+    max_degenerate_increase=c.max_degenerate_increase,
+    detector=detect,
+  )
+  for verdict in res['held_out'].values():
+    if verdict is not None:
+      p = verdict['p_value']
+      verdict['steers'] = bool(
+        verdict['rules_hold'] and p is not None and p < c.significance
+      )
+  return {'behaviors': names, 'result': res}
 
 
 def run_steering(ctx: RunContext) -> dict:
@@ -484,6 +555,9 @@ def run_steering(ctx: RunContext) -> dict:
   if c.side_effects:
     side = sweep.side_effects(runner, sets, results, steered)
     write_json(os.path.join(out, 'side_effects.json'), side)
+  if c.compose and all(b in results for b in c.compose):
+    composed = _steer_composition(c, runner, sets, results, steered, directions)
+    write_json(os.path.join(out, 'composition.json'), composed)
   write_json(os.path.join(out, 'sweeps.json'), results)
   return {'steering': table}
 

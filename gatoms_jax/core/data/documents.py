@@ -43,12 +43,23 @@ class Document:
       system/user/assistant; at least one assistant turn has content.
     label: evaluation-only metadata (e.g. task type); never used by the method.
     source: where the document came from, e.g. `"train.jsonl:12"`.
+    labels: evaluation-only task types the document teaches, when it teaches
+      several (the generated mixture's compositional documents); empty: just
+      `label`.
   """
 
   doc_id: str
   messages: tuple[dict[str, str], ...]
   label: str | None = None
   source: str = ''
+  labels: tuple[str, ...] = ()
+
+  @property
+  def label_set(self) -> tuple[str, ...]:
+    """Every task type the document teaches (evaluation-only)."""
+    if self.labels:
+      return tuple(self.labels)
+    return () if self.label is None else (str(self.label),)
 
   @property
   def assistant_text(self) -> str:

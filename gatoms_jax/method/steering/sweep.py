@@ -403,6 +403,7 @@ def held_out_verdicts(
   control_margin_pp: float = 10.0,
   max_kl: float = 1.0,
   max_degenerate_increase: float = 0.2,
+  detector: Optional[behaviors.Detector] = None,
 ) -> dict:
   """Select on one half of the prompts, test on the other, per direction.
 
@@ -422,6 +423,7 @@ def held_out_verdicts(
     ceiling_name: a supervised direction swept like the atoms, or None.
     min_shift_pp, control_margin_pp, max_kl, max_degenerate_increase: the
       verdict's rules (see `behaviors.steering_verdict`).
+    detector: the detector of the outcome (default: the sweep's behaviour's).
 
   Returns:
     {"toward" / "away": {"atom", "kl_level", "coefficient", "n_test",
@@ -430,7 +432,7 @@ def held_out_verdicts(
     "fraction_of_ceiling", "guards_hold", "rules_hold"}} (None for a
     direction without a guarded variant).
   """
-  detect = behaviors.get_detector(result['behavior'])
+  detect = detector or behaviors.get_detector(result['behavior'])
   cache: dict[int, np.ndarray] = {}
 
   def fired(rec):
@@ -593,3 +595,29 @@ def side_effects(
         'shift_pp': 100.0 * (fired.mean() - base.mean()),
       }
   return {'rows': rows, 'seconds': time.perf_counter() - start}
+
+
+def joint_detector(names: Sequence[str]) -> behaviors.Detector:
+  """Fires when every named behaviour's detector fires on the same answer."""
+  detectors = [behaviors.get_detector(n) for n in names]
+  return lambda text: all(d(text) for d in detectors)
+
+
+def composition_prompt_set(
+  prompt_sets: Mapping[str, behaviors.PromptSet], names: Sequence[str]
+) -> behaviors.PromptSet:
+  """Prompts for steering several behaviours at once: the behaviours'
+  inviting prompts taken in turn (as many as the first set has), then the
+  first set's controls."""
+  inviting = [list(prompt_sets[n].inviting) for n in names]
+  n_inviting = len(inviting[0])
+  taken: list[str] = []
+  for i in range(max(len(x) for x in inviting)):
+    for texts in inviting:
+      if i < len(texts) and len(taken) < n_inviting:
+        taken.append(texts[i])
+  prompts = [behaviors.Prompt(t, True) for t in taken]
+  prompts += [
+    behaviors.Prompt(t, False) for t in prompt_sets[names[0]].controls
+  ]
+  return behaviors.PromptSet('+'.join(names), tuple(prompts))
