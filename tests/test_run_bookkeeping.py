@@ -303,3 +303,50 @@ class LockTest(absltest.TestCase):
 
 if __name__ == '__main__':
   absltest.main()
+
+
+class ReportDataTest(absltest.TestCase):
+  def test_per_label_counts_and_loss_flag(self):
+    from gatoms_jax.pipeline import report
+
+    run_dir = _tempdir(self)
+    per_label = {
+      'pos_tagging': {'read': 20, 'truncated': 20, 'excluded': 20},
+      'qa': {'read': 40, 'truncated': 5, 'excluded': 4},  # exactly 10%
+      'summary': {'read': 30, 'truncated': 4, 'excluded': 4},  # 13%
+    }
+    manifest.write_manifest(
+      os.path.join(run_dir, 'finetune'),
+      stage='finetune',
+      key='k',
+      config=common.base_config(),
+      input_keys={},
+      seconds=1.0,
+      extra={
+        'results': {
+          'truncation': 'right',
+          'n_docs_read': 90,
+          'n_truncated': 29,
+          'n_answer_truncated': 29,
+          'n_excluded': 28,
+          'per_label': per_label,
+        }
+      },
+    )
+    config = common.base_config()
+    config.run_name = 'r'
+    report.write_report(run_dir, config)
+    with open(os.path.join(run_dir, 'summary.json')) as f:
+      data = json.load(f)['data']
+    self.assertEqual(data['n_docs_read'], 90)
+    self.assertEqual(data['n_excluded'], 28)
+    self.assertEqual(data['per_label'], per_label)
+    self.assertEqual(
+      data['labels_losing_over_10pct'], ['pos_tagging', 'summary']
+    )
+    with open(os.path.join(run_dir, 'report.md')) as f:
+      text = f.read()
+    self.assertIn('excluded (no answer token left): **28**', text)
+    self.assertIn('2 label value(s) lost more than 10%', text)
+    self.assertIn('| pos_tagging ⚠ | 20 | 20 | 20 |', text)
+    self.assertIn('| qa | 40 | 5 | 4 |', text)
