@@ -54,6 +54,10 @@ def base_config() -> ml_collections.ConfigDict:
   # in one answer (a yes/no verdict as bullets, code with numbered steps, …).
   c.data.compositional_fraction = 0.2
   c.data.max_length = 256
+  # Longer documents: 'keep_answers' drops prompt (system/user) tokens first
+  # and cuts an answer only if the answers alone do not fit; 'right' cuts
+  # from the right (long prompts then lose their answers and are excluded).
+  c.data.truncation = 'keep_answers'
   c.data.heldout_fraction = 0.1
   c.data.bucket_multiple = 16  # pad lengths up to a multiple of this
   # System turn for docs without one; empty: the chat template's default.
@@ -227,6 +231,7 @@ class ConfigError(ValueError):
 _CHOICES = {
   'model.dtype': ('float32', 'bfloat16'),
   'data.format': ('auto', 'chat', 'alpaca'),
+  'data.truncation': ('keep_answers', 'right'),
   'gradients.storage_dtype': ('float32', 'bfloat16'),
   'gradients.compute_dtype': ('float32', 'bfloat16'),
   'curvature.fisher': ('true', 'empirical'),

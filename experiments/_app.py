@@ -62,7 +62,12 @@ def run_stages(stages_flag_value: str, force: bool = False) -> dict:
   config = resolved_config()
   distributed.initialize(**config.distributed.to_dict())
   log_setup(config)
-  return pipeline.run(config, stages_flag_value, force=force)
+  from gatoms_jax.pipeline.lock import RunLockedError
+
+  try:
+    return pipeline.run(config, stages_flag_value, force=force)
+  except RunLockedError as e:
+    sys.exit(f'error: {e}')  # fail fast, exit status 1, no traceback
 
 
 def stage_app(stage: str):

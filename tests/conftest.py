@@ -5,6 +5,7 @@ top-level conftest.py.
 """
 
 import os
+import tempfile
 
 _FLAG = '--xla_force_host_platform_device_count=4'
 if _FLAG.split('=')[0] not in os.environ.get('XLA_FLAGS', ''):
@@ -13,6 +14,12 @@ if _FLAG.split('=')[0] not in os.environ.get('XLA_FLAGS', ''):
   ).strip()
 os.environ.setdefault('JAX_PLATFORMS', 'cpu')
 os.environ.setdefault('TOKENIZERS_PARALLELISM', 'false')
+# Input-file digests (pipeline/fingerprints.py) go to a per-session file, not
+# the user's ~/.cache.
+os.environ.setdefault(
+  'GATOMS_JAX_FINGERPRINT_CACHE',
+  os.path.join(tempfile.mkdtemp(prefix='gatoms_fp_'), 'fingerprints.json'),
+)
 
 # Child processes started by tests import configs/ and the tests' helpers the
 # same way pytest does (pyproject's `pythonpath`).

@@ -100,7 +100,9 @@ class TokenizerTest(parameterized.TestCase):
       _doc('short', ('user', 'Hi'), ('assistant', 'Hello.')),
       _doc('lost', ('user', ' '.join(['x'] * 200)), ('assistant', 'ok')),
     ]
-    out, stats = tok_lib.tokenize_documents(docs, self.tok, 64)
+    out, stats = tok_lib.tokenize_documents(
+      docs, self.tok, 64, truncation='right'
+    )
     self.assertEqual([t.doc_id for t in out], ['long', 'short'])
     self.assertEqual([t.index for t in out], [0, 1])
     self.assertEqual(out[0].length, 64)
@@ -114,6 +116,97 @@ class TokenizerTest(parameterized.TestCase):
     self.assertEqual(stats.no_target_ids, ['lost'])
     self.assertEqual(stats.n_kept, 2)
     self.assertIn('1 without target', stats.summary())
+
+  def test_keep_answers_drops_prompt_from_the_left(self):
+    prompt = ' '.join(f'w{i}' for i in range(150))
+    d = _doc(
+      'p',
+      ('system', 'Be brief.'),
+      ('user', prompt),
+      ('assistant', 'First answer.'),
+      ('user', 'And then?'),
+      ('assistant', 'Second answer.'),
+      label='task',
+    )
+    (full,), _ = tok_lib.tokenize_documents([d], self.tok, 4096)
+    (td,), stats = tok_lib.tokenize_documents([d], self.tok, 64)
+    self.assertEqual(td.length, 64)
+    self.assertTrue(td.truncated)
+    # Every answer survives whole, with its end-of-turn token.
+    self.assertEqual(
+      _masked_text(self.tok, td), 'First answer.' + EOT + 'Second answer.' + EOT
+    )
+    text = self.tok.decode(td.tokens)
+    # The template's markers all survive (3 turns + 2 answers)...
+    self.assertEqual(text.count('<|im_start|>'), 5)
+    self.assertEqual(text.count(EOT), 5)
+    # ...the earliest prompt turn (the system turn) is emptied first, then
+    # the user turn loses its left: its right end is kept.
+    self.assertIn('<|im_start|>system\n<|im_end|>', text)
+    self.assertIn('w149<|im_end|>', text)
+    self.assertNotIn('w0 ', text)
+    self.assertIn('And then?', text)
+    # What is kept is the full tokenisation minus a set of prompt tokens: the
+    # tail after the dropped span is identical.
+    tail = 40
+    np.testing.assert_array_equal(td.tokens[-tail:], full.tokens[-tail:])
+    self.assertEqual(stats.n_answer_truncated, 0)
+    self.assertEqual(
+      stats.per_label, {'task': {'read': 1, 'truncated': 1, 'excluded': 0}}
+    )
+
+  def test_keep_answers_cuts_last_answer_when_answers_do_not_fit(self):
+    long_answer = ' '.join(['word'] * 100)
+    d = _doc('a', ('user', 'Say word a lot, ' * 20), ('assistant', long_answer))
+    (td,), stats = tok_lib.tokenize_documents([d], self.tok, 64)
+    self.assertEqual(td.length, 64)
+    kept = _masked_text(self.tok, td)
+    self.assertTrue(long_answer.startswith(kept))
+    self.assertGreater(len(kept), 100)  # the prompt gave way first
+    self.assertEqual(stats.n_answer_truncated, 1)
+    self.assertEqual(stats.n_no_target, 0)
+
+  def test_unknown_truncation_policy(self):
+    d = _doc('a', ('user', 'Hi'), ('assistant', 'Hello.'))
+    with self.assertRaisesRegex(ValueError, 'truncation policy .*left'):
+      tok_lib.tokenize_documents([d], self.tok, 64, truncation='left')
+
+  def test_long_prompt_jsonl_keeps_every_document_and_label(self):
+    # The issue's acceptance data: user turns ~800 tokens, answers ~30, read
+    # from a JSONL file and tokenised as the pipeline does (default config).
+    import tempfile
+
+    from configs import common
+    from gatoms_jax.core import loading
+    from gatoms_jax.core.data.documents import read_jsonl
+    from long_prompts import LABELS, write_long_prompts
+
+    with tempfile.TemporaryDirectory() as tmp:
+      path = write_long_prompts(f'{tmp}/long.jsonl', 24)
+      docs = read_jsonl(path, label_field='task').documents
+    config = common.base_config()
+    lengths = [len(self.tok(d.user_text)['input_ids']) for d in docs[:3]]
+    self.assertTrue(all(700 < n < 900 for n in lengths), lengths)
+    train, heldout, stats = loading.prepare_data(
+      config, self.tok, docs, with_stats=True
+    )
+    self.assertEqual(len(train) + len(heldout), len(docs))
+    self.assertEqual(stats.n_no_target, 0)
+    self.assertEqual(stats.n_truncated, len(docs))
+    self.assertEqual(set(stats.per_label), set(LABELS))
+    self.assertEqual({t.label for t in train + heldout}, set(LABELS))
+    for td in train + heldout:
+      self.assertLessEqual(td.length, config.data.max_length)
+      answer = docs[td.index].assistant_text
+      self.assertEqual(_masked_text(self.tok, td), answer + EOT)
+    # The old right cut loses them all (what the issue reported).
+    config.data.truncation = 'right'
+    _, _, right = loading.prepare_data(config, self.tok, docs, with_stats=True)
+    self.assertEqual(right.n_no_target, len(docs))
+    self.assertEqual(
+      right.as_dict()['per_label']['qa'],
+      {'read': 4, 'truncated': 4, 'excluded': 4},
+    )
 
   @parameterized.named_parameters(
     (

@@ -85,8 +85,12 @@ def load_model_and_tokenizer(
 
 
 def prepare_data(
-  config: Any, tokenizer: Any, documents: Sequence[Any]
-) -> tuple[list[Any], list[Any]]:
+  config: Any,
+  tokenizer: Any,
+  documents: Sequence[Any],
+  *,
+  with_stats: bool = False,
+) -> tuple[list[Any], list[Any]] | tuple[list[Any], list[Any], Any]:
   """Tokenised (train, heldout) documents.
 
   The split is `split_heldout(tokenized, data.heldout_fraction, seed)` with
@@ -98,14 +102,20 @@ def prepare_data(
     tokenizer: the model's tokenizer.
     documents: the documents to tokenise (e.g. from
       `gatoms_jax.demo.sources.load_documents(config.data)`).
+    with_stats: also return the `TokenizeStats` (read/truncated/excluded
+      counts, per label).
 
   Returns:
-    (train, heldout) lists of `TokenizedDoc`.
+    (train, heldout) lists of `TokenizedDoc`, plus the stats if asked.
   """
   tokenized, stats = data_lib.tokenize_documents(
-    documents, tokenizer, int(config.data.max_length)
+    documents,
+    tokenizer,
+    int(config.data.max_length),
+    truncation=config.data.get('truncation', 'keep_answers'),
   )
   logging.info('finetune data: %s', stats.summary())
-  return data_lib.split_heldout(
+  train, heldout = data_lib.split_heldout(
     tokenized, float(config.data.heldout_fraction), int(config.seed)
   )
+  return (train, heldout, stats) if with_stats else (train, heldout)

@@ -114,6 +114,8 @@ class FinetuneResult:
     train_seconds: wall time of this run's training steps.
     workdir, adapter_dir, lora_dir: output locations.
     mdef, base, tokenizer: the split model and tokenizer (for evaluation).
+    data_stats: tokenisation counts (`TokenizeStats.as_dict()`): documents
+      read, truncated and excluded, per label.
   """
 
   lora: PyTree
@@ -134,6 +136,7 @@ class FinetuneResult:
   mdef: Any = dataclasses.field(repr=False, default=None)
   base: Any = dataclasses.field(repr=False, default=None)
   tokenizer: Any = dataclasses.field(repr=False, default=None)
+  data_stats: dict = dataclasses.field(default_factory=dict)
 
   def summary(self) -> dict:
     """JSON-serialisable figures (what result.json holds; NaN → None)."""
@@ -151,6 +154,7 @@ class FinetuneResult:
       'n_heldout_docs': self.n_heldout_docs,
       'adapter_dir': self.adapter_dir,
       'lora_dir': self.lora_dir,
+      'data': self.data_stats,
     }
     return {
       k: None if isinstance(v, float) and math.isnan(v) else v
@@ -475,7 +479,9 @@ def finetune(
   del model
   if documents is None:
     documents = sources.load_documents(config.data)
-  train, heldout = prepare_data(config, tokenizer, documents)
+  train, heldout, data_stats = prepare_data(
+    config, tokenizer, documents, with_stats=True
+  )
   vocab = mdef.config.vocab_size
   for doc in list(train) + list(heldout):
     if int(doc.tokens.max(initial=0)) >= vocab:
@@ -689,6 +695,7 @@ def finetune(
     mdef=mdef,
     base=base,
     tokenizer=tokenizer,
+    data_stats=data_stats.as_dict(),
   )
   export(result, lora_config_from(config), _base_model_name(config.model.path))
   logging.info(

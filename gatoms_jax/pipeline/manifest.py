@@ -1,8 +1,10 @@
 """Stage bookkeeping: which config keys each stage reads, and its manifest.
 
-A stage's key is a hash of the config values it reads plus the keys of the
-stages it consumes, so a `--config.x=y` override invalidates exactly the stages
-that read x and everything downstream of them. Knobs that change speed or
+A stage's key is a hash of the config values it reads, the content
+fingerprints of the input files it reads (data, model and tokenizer files,
+prompts; pipeline/fingerprints.py) and the keys of the stages it consumes, so a
+`--config.x=y` override or an edited input file invalidates exactly the stages
+that read it and everything downstream of them. Knobs that change speed or
 memory but not results (batch and chunk sizes) are left out of the hash.
 A stage is complete when `<stage>/manifest.json` exists with its current key;
 the manifest is written last (atomically), so a killed stage is redone.
@@ -17,6 +19,7 @@ import time
 from typing import Any, Optional
 
 from gatoms_jax.core.io import write_json
+from gatoms_jax.pipeline import fingerprints as fingerprints_lib
 
 STAGES = (
   'finetune',
@@ -39,6 +42,17 @@ STAGE_KEYS = {
   'atoms': ('atoms', 'data.label_field'),
   'steering': ('steering',),
   'report': ('atoms.report_top', 'atoms.purity_threshold'),
+}
+# Input files (kinds of `fingerprints.input_fingerprints`) each stage reads.
+STAGE_FILES = {
+  'finetune': ('data', 'model', 'tokenizer'),
+  'gradients': ('data', 'model', 'tokenizer'),
+  'curvature': ('data', 'model', 'tokenizer'),
+  'projection': (),
+  'dictionary': (),
+  'atoms': ('data',),
+  'steering': ('model', 'tokenizer', 'prompts'),
+  'report': ('data',),
 }
 # Stages whose outputs a stage consumes.
 STAGE_INPUTS = {
@@ -101,17 +115,60 @@ def stage_values(config: Any, stage: str) -> dict:
   return out
 
 
-def stage_keys(config: Any) -> dict[str, str]:
-  """The hash key of every stage (upstream keys chained in)."""
+def _hash(payload: Any) -> str:
+  blob = json.dumps(payload, sort_keys=True, default=str).encode()
+  return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def stage_files(fingerprints: dict, stage: str) -> dict:
+  """The fingerprints of the input files `stage` reads."""
+  return {kind: fingerprints[kind] for kind in STAGE_FILES[stage]}
+
+
+def stage_keys(
+  config: Any, fingerprints: Optional[dict] = None
+) -> dict[str, str]:
+  """The hash key of every stage (upstream keys chained in).
+
+  Args:
+    config: the resolved config.
+    fingerprints: `fingerprints.input_fingerprints(config)`, if already
+      computed.
+  """
+  if fingerprints is None:
+    fingerprints = fingerprints_lib.input_fingerprints(config)
   keys: dict[str, str] = {}
   for stage in STAGES:
-    payload = {
-      'values': stage_values(config, stage),
-      'inputs': {s: keys[s] for s in STAGE_INPUTS[stage]},
-    }
-    blob = json.dumps(payload, sort_keys=True, default=str).encode()
-    keys[stage] = hashlib.sha256(blob).hexdigest()[:16]
+    keys[stage] = _hash(
+      {
+        'values': stage_values(config, stage),
+        'files': stage_files(fingerprints, stage),
+        'inputs': {s: keys[s] for s in STAGE_INPUTS[stage]},
+      }
+    )
   return keys
+
+
+def stage_file_keys(fingerprints: dict) -> dict[str, str]:
+  """Per stage, a hash of the input files it and its upstream stages read.
+
+  A stage directory started under another file key holds work (checkpoints,
+  stored rows, sweeps) computed from other inputs, and is cleared before the
+  stage reruns; a config change alone keeps it (stages resume or check it).
+  """
+  keys: dict[str, str] = {}
+  for stage in STAGES:
+    keys[stage] = _hash(
+      {
+        'files': stage_files(fingerprints, stage),
+        'inputs': {s: keys[s] for s in STAGE_INPUTS[stage]},
+      }
+    )
+  return keys
+
+
+def started_path(stage_dir: str) -> str:
+  return os.path.join(stage_dir, 'started.json')
 
 
 def manifest_path(stage_dir: str) -> str:

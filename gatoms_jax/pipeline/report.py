@@ -102,6 +102,64 @@ def steering_plot(sweeps: dict, path: str) -> None:
   plt.close(fig)
 
 
+# report.md flags a label that lost more than this share of its documents.
+LABEL_LOSS_FLAG = 0.10
+
+
+def data_summary(finetune_results: dict) -> dict | None:
+  """Read/truncated/excluded counts (overall and per label) from the
+  finetune manifest's results, with the labels that lost > 10% flagged."""
+  if 'n_docs_read' not in finetune_results:
+    return None
+  per_label = finetune_results.get('per_label') or {}
+  return {
+    'truncation': finetune_results.get('truncation'),
+    'n_docs_read': finetune_results['n_docs_read'],
+    'n_truncated': finetune_results.get('n_truncated'),
+    'n_answer_truncated': finetune_results.get('n_answer_truncated'),
+    'n_excluded': finetune_results.get('n_excluded'),
+    'per_label': per_label,
+    'labels_losing_over_10pct': sorted(
+      label
+      for label, c in per_label.items()
+      if c['read'] and c['excluded'] / c['read'] > LABEL_LOSS_FLAG
+    ),
+  }
+
+
+def _data_lines(data: dict | None) -> list[str]:
+  if data is None:
+    return []
+  lines = [
+    '## Data',
+    '',
+    f'- documents read: {data["n_docs_read"]}; truncated to data.max_length '
+    f'(policy {data["truncation"]!r}): {data["n_truncated"]} (an answer cut: '
+    f'{data["n_answer_truncated"]}); excluded (no answer token left): '
+    f'**{data["n_excluded"]}**',
+  ]
+  lost = data['labels_losing_over_10pct']
+  if lost:
+    lines.append(
+      f'- **WARNING: {len(lost)} label value(s) lost more than '
+      f'{LABEL_LOSS_FLAG:.0%} of their documents: {", ".join(lost)}.** '
+      'Atoms cannot be found for what was excluded; raise data.max_length '
+      "or use data.truncation='keep_answers'."
+    )
+  if data['per_label']:
+    lines += [
+      '',
+      '| label | read | truncated | excluded |',
+      '|---|---:|---:|---:|',
+    ]
+    for label, c in data['per_label'].items():
+      flag = ' ⚠' if label in lost else ''
+      lines.append(
+        f'| {label}{flag} | {c["read"]} | {c["truncated"]} | {c["excluded"]} |'
+      )
+  return lines + ['']
+
+
 def _manifest_results(run_dir: str, stage: str):
   m = _read(os.path.join(run_dir, stage, 'manifest.json'), {}) or {}
   return m.get('results', {}), m.get('seconds')
@@ -315,6 +373,7 @@ def write_report(
     'n_coherence_above_0_1': char.get('n_coherence_above_0_1'),
     'heldout_loss_before': finetune.get('heldout_loss_before'),
     'heldout_loss_after': finetune.get('heldout_loss_after'),
+    'data': data_summary(finetune),
     'steering': steering,
     # Held-out verdicts (selected on one half of the prompts, tested on the
     # other), per behaviour and direction; `per_atom` keeps the all-prompts
@@ -371,7 +430,8 @@ def write_report(
       f'{_fmt(summary["knn10_label_agreement"], 2)} (chance ≈ '
       f'{1 / summary["n_label_values"]:.2f})',
     ]
-  lines += ['', f'## Top {config.atoms.report_top} atoms by coherence', '']
+  lines += [''] + _data_lines(summary['data'])
+  lines += [f'## Top {config.atoms.report_top} atoms by coherence', '']
   lines += [
     '| rank | atom | coherence | active docs | majority label (purity) | keywords |',
     '|---:|---:|---:|---:|---|---|',

@@ -10,7 +10,9 @@ from typing import Any, Optional, Sequence
 from absl import logging
 
 from gatoms_jax.core import distributed
-from gatoms_jax.core.io import write_json
+from gatoms_jax.core.io import read_json, write_json
+from gatoms_jax.pipeline import fingerprints as fingerprints_lib
+from gatoms_jax.pipeline import lock as lock_lib
 from gatoms_jax.pipeline import manifest
 from gatoms_jax.pipeline.context import RunContext
 from gatoms_jax.pipeline.stages import STAGE_FUNCTIONS
@@ -44,8 +46,46 @@ def run(
 ) -> dict[str, dict]:
   """Runs `stages` (default: all) of the pipeline for `config`.
 
+  The run directory is locked for the whole run (one writer; in a
+  multi-process run the writer process holds it): a second run on it fails
+  at once with `lock.RunLockedError` naming the holder. See `_run_stages`.
+  """
+  if not distributed.is_writer():
+    return _run_stages(config, stages, force=force)
+  with lock_lib.hold(os.path.join(config.results_dir, config.run_name)):
+    return _run_stages(config, stages, force=force)
+
+
+def _clear_if_inputs_changed(stage_dir: str, stage: str, file_key: str):
+  """Clears a stage directory whose work was started from other input
+  files, then records the current ones (writer only)."""
+  started = manifest.started_path(stage_dir)
+  try:
+    previous = read_json(started).get('file_key')
+  except (OSError, ValueError, AttributeError):
+    previous = None
+  if previous not in (None, file_key) and os.path.isdir(stage_dir):
+    logging.warning(
+      'stage %s: its input files changed since %s was started; cleared',
+      stage,
+      stage_dir,
+    )
+    shutil.rmtree(stage_dir)
+  os.makedirs(stage_dir, exist_ok=True)
+  write_json(started, {'file_key': file_key})
+
+
+def _run_stages(
+  config: Any,
+  stages: Optional[Sequence[str] | str] = None,
+  *,
+  force: bool = False,
+) -> dict[str, dict]:
+  """Runs `stages` (default: all) of the pipeline for `config`.
+
   A stage is skipped when its manifest records the current key (config values
-  it reads + upstream keys). A requested stage whose inputs are not complete
+  and input-file fingerprints it reads + upstream keys). A stage directory
+  started from other input files is cleared before the stage reruns. A requested stage whose inputs are not complete
   and current fails with an error naming the missing stage.
 
   Args:
@@ -59,7 +99,9 @@ def run(
   """
   ctx = RunContext(config)
   os.makedirs(ctx.run_dir, exist_ok=True)
-  keys = manifest.stage_keys(config)
+  fingerprints = fingerprints_lib.input_fingerprints(config)
+  keys = manifest.stage_keys(config, fingerprints)
+  file_keys = manifest.stage_file_keys(fingerprints)
   wanted = parse_stages(stages)
   done = {}
   for stage in manifest.STAGES:
@@ -86,6 +128,7 @@ def run(
       if force and os.path.isdir(stage_dir):
         # Forced: nothing is resumed (checkpoints, stored rows, sweeps).
         shutil.rmtree(stage_dir)
+      _clear_if_inputs_changed(stage_dir, stage, file_keys[stage])
     os.makedirs(stage_dir, exist_ok=True)
     distributed.barrier(f'{stage}:start')
     start = time.perf_counter()
@@ -101,7 +144,10 @@ def run(
       config=config,
       input_keys={s: keys[s] for s in manifest.STAGE_INPUTS[stage]},
       seconds=seconds,
-      extra={'results': extra},
+      extra={
+        'results': extra,
+        'files': manifest.stage_files(fingerprints, stage),
+      },
     )
     # Every process sees the writer's files (and manifest) from here on.
     distributed.barrier(f'{stage}:done')

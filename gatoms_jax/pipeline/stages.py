@@ -39,6 +39,8 @@ def run_finetune(ctx: RunContext) -> dict:
     'heldout_loss_before': result.heldout_loss_before,
     'heldout_loss_after': result.heldout_loss_after,
     'tokens_per_s': result.tokens_per_s,
+    # n_docs_read, n_truncated, n_excluded, per_label (report.md shows them).
+    **result.data_stats,
   }
 
 

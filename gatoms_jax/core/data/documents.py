@@ -13,7 +13,11 @@ Two on-disk formats are read, one JSON object per line:
 * alpaca: {"instruction": ..., "input": ... (optional), "output": ...}
 
 Bad lines raise `DataError` naming the file, the line and what was wrong, or
-are skipped and counted when `skip_bad_lines=True`.
+are skipped and counted when `skip_bad_lines=True`. A line is bad when it is
+not UTF-8, not JSON (or nested too deep to parse), not an object, or does not
+hold a valid document; lines are split on `\n` only and a line is blank when
+it holds nothing but JSON whitespace, so every other line becomes exactly one
+document or one error (tests/test_fuzz_readers.py checks this on random input).
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-from typing import Any, Mapping, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 ROLES = ('system', 'user', 'assistant')
 FORMATS = ('auto', 'chat', 'alpaca')
@@ -29,6 +33,53 @@ FORMATS = ('auto', 'chat', 'alpaca')
 
 class DataError(ValueError):
   """A data file (or one of its lines) does not hold valid documents."""
+
+
+_JSON_WHITESPACE = ' \t\r\n'
+
+
+def check_text(text: str, what: str) -> None:
+  """Raises ValueError if `text` holds a lone surrogate (from a `\\ud800`
+  style JSON escape), which is not Unicode and breaks tokenizers and writers."""
+  try:
+    text.encode('utf-8')
+  except UnicodeEncodeError as e:
+    raise ValueError(
+      f'{what} holds an unpaired surrogate escape at character {e.start}'
+    ) from None
+
+
+def iter_json_lines(path: str) -> Iterator[tuple[int, Any, str | None]]:
+  """Yields (line_no, value, None) or (line_no, None, reason) per non-blank
+  line of a JSONL file (1-based line numbers, lines split on `\\n` only).
+
+  Never raises for a line's content: bytes that are not UTF-8, invalid JSON
+  and nesting too deep for the parser become the reason. A UTF-8 byte order
+  mark before the first line is ignored.
+  """
+  with open(path, 'rb') as f:
+    for line_no, raw in enumerate(f, start=1):
+      if line_no == 1 and raw.startswith(b'\xef\xbb\xbf'):
+        raw = raw[3:]
+      try:
+        line = raw.decode('utf-8')
+      except UnicodeDecodeError as e:
+        yield line_no, None, f'not UTF-8 (byte {e.start + 1} of the line)'
+        continue
+      if not line.strip(_JSON_WHITESPACE):
+        continue
+      try:
+        value = json.loads(line)
+      except json.JSONDecodeError as e:
+        yield line_no, None, f'invalid JSON ({e.msg} at column {e.colno})'
+        continue
+      except RecursionError:
+        yield line_no, None, 'invalid JSON (nested too deep)'
+        continue
+      except ValueError as e:  # e.g. an integer of > 4300 digits
+        yield line_no, None, f'invalid JSON ({e})'
+        continue
+      yield line_no, value, None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -112,6 +163,7 @@ def make_messages(
       raise ValueError(f'message {i}: unknown role {role!r}; expected {ROLES}')
     if not isinstance(content, str):
       raise ValueError(f'message {i}: content must be a string')
+    check_text(content, f'message {i}: content')
     messages.append({'role': role, 'content': content})
   if not any(m['role'] == 'assistant' and m['content'] for m in messages):
     raise ValueError('no assistant turn with non-empty content')
@@ -183,7 +235,9 @@ def _label(record: Mapping[str, Any], label_field: str | None) -> str | None:
   value = record[label_field]
   if isinstance(value, (dict, list)):
     raise ValueError(f'label field "{label_field}" must be a scalar')
-  return str(value)
+  label = str(value)
+  check_text(label, f'label field "{label_field}"')
+  return label
 
 
 def read_jsonl(
@@ -220,47 +274,41 @@ def read_jsonl(
   documents: list[Document] = []
   skipped: list[tuple[int, str]] = []
   seen_ids: dict[str, int] = {}
-  with open(path, encoding='utf-8') as f:
-    for line_no, line in enumerate(f, start=1):
-      if not line.strip():
-        continue
-      try:
-        try:
-          record = json.loads(line)
-        except json.JSONDecodeError as e:
-          raise ValueError(f'invalid JSON ({e.msg} at column {e.colno})')
-        if not isinstance(record, dict):
-          raise ValueError(
-            f'expected a JSON object, got {type(record).__name__}'
-          )
-        fmt = _record_format(record, format)
-        messages = (_parse_chat if fmt == 'chat' else _parse_alpaca)(record)
-        label = _label(record, label_field)
-        raw_id = record.get('id')
-        if raw_id is None:
-          doc_id = f'{stem}:{line_no}'
-        elif isinstance(raw_id, (str, int)) and not isinstance(raw_id, bool):
-          doc_id = str(raw_id)
-        else:
-          raise ValueError('field "id" must be a string or an integer')
-        if doc_id in seen_ids:
-          raise ValueError(
-            f'duplicate id {doc_id!r} (first seen on line {seen_ids[doc_id]})'
-          )
-      except ValueError as e:
-        if not skip_bad_lines:
-          raise DataError(f'{path}, line {line_no}: {e}') from None
-        skipped.append((line_no, str(e)))
-        continue
-      seen_ids[doc_id] = line_no
-      documents.append(
-        Document(
-          doc_id=doc_id,
-          messages=messages,
-          label=label,
-          source=f'{name}:{line_no}',
+  for line_no, record, reason in iter_json_lines(path):
+    try:
+      if reason is not None:
+        raise ValueError(reason)
+      if not isinstance(record, dict):
+        raise ValueError(f'expected a JSON object, got {type(record).__name__}')
+      fmt = _record_format(record, format)
+      messages = (_parse_chat if fmt == 'chat' else _parse_alpaca)(record)
+      label = _label(record, label_field)
+      raw_id = record.get('id')
+      if raw_id is None:
+        doc_id = f'{stem}:{line_no}'
+      elif isinstance(raw_id, (str, int)) and not isinstance(raw_id, bool):
+        doc_id = str(raw_id)
+        check_text(doc_id, 'field "id"')
+      else:
+        raise ValueError('field "id" must be a string or an integer')
+      if doc_id in seen_ids:
+        raise ValueError(
+          f'duplicate id {doc_id!r} (first seen on line {seen_ids[doc_id]})'
         )
+    except ValueError as e:
+      if not skip_bad_lines:
+        raise DataError(f'{path}, line {line_no}: {e}') from None
+      skipped.append((line_no, str(e)))
+      continue
+    seen_ids[doc_id] = line_no
+    documents.append(
+      Document(
+        doc_id=doc_id,
+        messages=messages,
+        label=label,
+        source=f'{name}:{line_no}',
       )
+    )
   if not documents:
     what = f' ({len(skipped)} bad lines skipped)' if skipped else ''
     raise DataError(f'{path}: no documents found{what}')

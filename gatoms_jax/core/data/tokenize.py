@@ -13,6 +13,15 @@ character where each assistant turn starts; the assistant content is located
 from there, and token character offsets map it to tokens. The end-of-turn token
 is the first special token after the content, inside the turn.
 
+Documents longer than `max_length` are truncated by a policy
+(`TRUNCATION_POLICIES`). 'keep_answers' (the default) drops prompt tokens
+first: content tokens of the system/user turns, from the left of the earliest
+one, keeping the template's markers and every assistant turn; only when the
+answers alone do not fit is the sequence cut from the right (the last
+answer's tail). 'right' cuts from the right, which on long-prompt data can
+leave no answer token, and the document is then excluded. Instruction data
+has long prompts and short answers: what must survive is the answer.
+
 Batches group documents of similar length (sort by length, pad T up to a
 multiple of `bucket_multiple`) so that padding waste stays small and the number
 of distinct shapes, hence of jit compilations, stays low.
@@ -63,6 +72,13 @@ class TokenizedDoc:
     return int(self.loss_mask.sum())
 
 
+TRUNCATION_POLICIES = ('keep_answers', 'right')
+
+# Appended to a turn's content to find where the template puts it (a string
+# no real content holds: two NULs around a fixed tag).
+_SENTINEL = '\x00gatoms-turn-end\x00'
+
+
 @dataclasses.dataclass
 class TokenizeStats:
   """Counts from `tokenize_documents`.
@@ -76,6 +92,12 @@ class TokenizeStats:
     no_target_ids: ids of the excluded documents.
     lengths: int array of the kept documents' lengths.
     n_target_tokens: total number of loss tokens over kept documents.
+    policy: the truncation policy used.
+    n_answer_truncated: truncated documents whose answers alone did not fit,
+      so the last answer's tail was cut ('keep_answers'), or whose answer
+      lost tokens to the right cut ('right').
+    per_label: label -> {'read', 'truncated', 'excluded'} counts, over the
+      documents that have a label.
   """
 
   n_docs: int = 0
@@ -88,6 +110,31 @@ class TokenizeStats:
     default_factory=lambda: np.zeros((0,), np.int64)
   )
   n_target_tokens: int = 0
+  policy: str = 'keep_answers'
+  n_answer_truncated: int = 0
+  per_label: dict[str, dict[str, int]] = dataclasses.field(default_factory=dict)
+
+  def count(self, label: str | None, what: str) -> None:
+    """Adds one to `per_label[label][what]` (documents with a label only)."""
+    if label is None:
+      return
+    counts = self.per_label.setdefault(
+      label, {'read': 0, 'truncated': 0, 'excluded': 0}
+    )
+    counts[what] += 1
+
+  def as_dict(self) -> dict:
+    """The counts as JSON-ready values (for manifests and reports)."""
+    return {
+      'truncation': self.policy,
+      'n_docs_read': self.n_docs,
+      'n_kept': self.n_kept,
+      'n_truncated': self.n_truncated,
+      'n_answer_truncated': self.n_answer_truncated,
+      'n_excluded': self.n_no_target,
+      'excluded_ids': list(self.no_target_ids[:20]),
+      'per_label': {k: dict(v) for k, v in sorted(self.per_label.items())},
+    }
 
   def summary(self) -> str:
     """One line for the log."""
@@ -184,6 +231,69 @@ def _assistant_spans(
   return spans
 
 
+def _prompt_spans(
+  tokenizer: Any, messages: list[dict], text: str
+) -> list[tuple[int, int]]:
+  """(content_start, content_end) chars of each system/user turn in `text`.
+
+  The prefix of messages up to turn i is rendered with a sentinel appended to
+  turn i's content: where the sentinel lands, preceded by the content and
+  with the same text before it as the full rendering, is where the turn's
+  content is. Turns that cannot be located (templates that rewrite content)
+  are left out, so their tokens are never dropped.
+  """
+  spans = []
+  for i, m in enumerate(messages):
+    if m['role'] == 'assistant' or not m['content']:
+      continue
+    probe = [dict(x) for x in messages[: i + 1]]
+    probe[i]['content'] = m['content'] + _SENTINEL
+    try:
+      rendered = _render(tokenizer, probe, generation_prompt=False)
+    except Exception:  # pylint: disable=broad-except
+      continue
+    end = rendered.find(_SENTINEL)
+    for content in (m['content'], m['content'].strip()):
+      start = end - len(content)
+      if (
+        content
+        and start >= 0
+        and rendered[start:end] == content
+        and text[:end] == rendered[:end]
+      ):
+        spans.append((start, end))
+        break
+  return spans
+
+
+def _truncate_keep_answers(
+  tokens: np.ndarray,
+  mask: np.ndarray,
+  offsets: Sequence[tuple[int, int]],
+  prompt_spans: list[tuple[int, int]],
+  max_length: int,
+) -> tuple[np.ndarray, np.ndarray, bool]:
+  """Drops prompt-content tokens from the left, then cuts from the right.
+
+  Returns:
+    (tokens, mask, answer_cut): answer_cut says the answers alone did not fit
+    and the right cut took some of them.
+  """
+  excess = len(tokens) - max_length
+  starts = np.array([o[0] for o in offsets])
+  ends = np.array([o[1] for o in offsets])
+  droppable = np.zeros((len(tokens),), bool)
+  for c0, c1 in prompt_spans:
+    droppable |= (starts >= c0) & (ends <= c1) & (ends > starts)
+  droppable &= mask == 0
+  drop = np.nonzero(droppable)[0][:excess]
+  keep = np.ones((len(tokens),), bool)
+  keep[drop] = False
+  tokens, mask = tokens[keep], mask[keep]
+  answer_cut = bool(mask[max_length:].any())
+  return tokens[:max_length], mask[:max_length], answer_cut
+
+
 def _mask_from_spans(
   offsets: Sequence[tuple[int, int]],
   token_ids: Sequence[int],
@@ -220,15 +330,19 @@ def tokenize_documents(
   tokenizer: Any,
   max_length: int,
   system_prompt: str | None = None,
+  truncation: str = 'keep_answers',
 ) -> tuple[list[TokenizedDoc], TokenizeStats]:
   """Tokenises chat documents with the tokenizer's chat template.
 
   Args:
     docs: the documents.
     tokenizer: a fast transformers tokenizer with a chat template.
-    max_length: documents longer than this are truncated from the right.
+    max_length: documents longer than this are truncated (see `truncation`).
     system_prompt: prepended as a system turn to documents without one; None
       leaves the chat as is (the template may add its default system prompt).
+    truncation: 'keep_answers' drops system/user content tokens from the left
+      of the earliest prompt turn first and cuts from the right only when the
+      answers alone do not fit; 'right' cuts from the right.
 
   Returns:
     (tokenized, stats): the kept documents in input order, and the counts.
@@ -237,14 +351,20 @@ def tokenize_documents(
 
   Raises:
     DataError: an assistant turn cannot be located in the rendered template.
-    ValueError: max_length < 2 or the tokenizer has no offsets mapping.
+    ValueError: max_length < 2, an unknown truncation policy, or the
+      tokenizer has no offsets mapping.
   """
+  if truncation not in TRUNCATION_POLICIES:
+    raise ValueError(
+      f'Unknown truncation policy {truncation!r}; expected one of '
+      f'{TRUNCATION_POLICIES}'
+    )
   if max_length < 2:
     raise ValueError(f'max_length must be >= 2, got {max_length}')
   if not getattr(tokenizer, 'is_fast', False):
     raise ValueError('tokenize_documents needs a fast tokenizer (offsets)')
   special_ids = _special_ids(tokenizer)
-  stats = TokenizeStats(n_docs=len(docs))
+  stats = TokenizeStats(n_docs=len(docs), policy=truncation)
   out: list[TokenizedDoc] = []
   lengths = []
   for index, doc in enumerate(
@@ -259,15 +379,29 @@ def tokenize_documents(
       enc['offset_mapping'], ids, spans, text, special_ids
     )
     tokens = np.asarray(ids, np.int32)
+    stats.count(doc.label, 'read')
     truncated = len(tokens) > max_length
     if truncated:
-      tokens, mask = tokens[:max_length], mask[:max_length]
+      if truncation == 'keep_answers':
+        tokens, mask, answer_cut = _truncate_keep_answers(
+          tokens,
+          mask,
+          enc['offset_mapping'],
+          _prompt_spans(tokenizer, messages, text),
+          max_length,
+        )
+      else:
+        answer_cut = bool(mask[max_length:].any())
+        tokens, mask = tokens[:max_length], mask[:max_length]
       stats.n_truncated += 1
+      stats.n_answer_truncated += answer_cut
       stats.truncated_ids.append(doc.doc_id)
+      stats.count(doc.label, 'truncated')
     # Position 0 is never predicted (the loss starts at t = 1).
     if not mask[1:].any():
       stats.n_no_target += 1
       stats.no_target_ids.append(doc.doc_id)
+      stats.count(doc.label, 'excluded')
       continue
     out.append(
       TokenizedDoc(
@@ -285,9 +419,10 @@ def tokenize_documents(
   stats.lengths = np.asarray(lengths, np.int64)
   if stats.n_no_target:
     logging.warning(
-      'Excluded %d documents with no target token after truncation to %d '
-      'tokens, e.g. %s',
+      'Excluded %d documents with no target token after truncation '
+      "('%s') to %d tokens, e.g. %s",
       stats.n_no_target,
+      truncation,
       max_length,
       stats.no_target_ids[:5],
     )

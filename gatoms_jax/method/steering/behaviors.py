@@ -20,13 +20,13 @@ module turns those answers into numbers and a verdict:
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import re
 from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
+from gatoms_jax.core.data.documents import check_text, iter_json_lines
 from gatoms_jax.demo import prompt_sets
 from gatoms_jax.method.text import repetition_fraction  # noqa: F401  (re-exported)
 
@@ -300,39 +300,49 @@ def builtin_prompt_set(name: str, limit: int | None = None) -> PromptSet:
 
 
 def _read_prompt_records(path: str) -> list[tuple[int, str, bool, str | None]]:
-  """Parses a prompt JSONL file into (line number, prompt, invites, behavior)."""
+  """Parses a prompt JSONL file into (line number, prompt, invites, behavior).
+
+  Every non-blank line is one record or a ValueError naming `path:line`
+  (bytes that are not UTF-8 and unparsable JSON included).
+  """
   records = []
-  with open(path, encoding='utf-8') as f:
-    for line_no, line in enumerate(f, start=1):
-      if not line.strip():
-        continue
-      where = f'{path}:{line_no}'
-      try:
-        row = json.loads(line)
-      except json.JSONDecodeError as e:
-        raise ValueError(f'{where}: invalid JSON ({e.msg})') from None
-      if not isinstance(row, dict):
+  for line_no, row, reason in iter_json_lines(path):
+    where = f'{path}:{line_no}'
+    if reason is not None:
+      raise ValueError(f'{where}: {reason}')
+    if not isinstance(row, dict):
+      raise ValueError(
+        f'{where}: expected a JSON object, got {type(row).__name__}'
+      )
+    prompt = row.get('prompt')
+    if not isinstance(prompt, str) or not prompt.strip():
+      raise ValueError(f'{where}: "prompt" must be a non-empty string')
+    try:
+      check_text(prompt, '"prompt"')
+    except ValueError as e:
+      raise ValueError(f'{where}: {e}') from None
+    if 'invites' not in row:
+      raise ValueError(f'{where}: missing "invites" (true or false)')
+    if not isinstance(row['invites'], bool):
+      raise ValueError(
+        f'{where}: "invites" must be true or false, got '
+        f'{_short(row["invites"])}'
+      )
+    behavior = row.get('behavior')
+    if behavior is not None:
+      if not isinstance(behavior, str) or behavior not in DETECTORS:
         raise ValueError(
-          f'{where}: expected a JSON object, got {type(row).__name__}'
+          f'{where}: unknown "behavior" {_short(behavior)}; known: '
+          f'{sorted(DETECTORS)}'
         )
-      prompt = row.get('prompt')
-      if not isinstance(prompt, str) or not prompt.strip():
-        raise ValueError(f'{where}: "prompt" must be a non-empty string')
-      if 'invites' not in row:
-        raise ValueError(f'{where}: missing "invites" (true or false)')
-      if not isinstance(row['invites'], bool):
-        raise ValueError(
-          f'{where}: "invites" must be true or false, got {row["invites"]!r}'
-        )
-      behavior = row.get('behavior')
-      if behavior is not None:
-        if not isinstance(behavior, str) or behavior not in DETECTORS:
-          raise ValueError(
-            f'{where}: unknown "behavior" {behavior!r}; known: '
-            f'{sorted(DETECTORS)}'
-          )
-      records.append((line_no, prompt, row['invites'], behavior))
+    records.append((line_no, prompt, row['invites'], behavior))
   return records
+
+
+def _short(value: Any, limit: int = 80) -> str:
+  """repr of a bad value, cut for error messages (a huge line stays readable)."""
+  text = repr(value)
+  return text if len(text) <= limit else text[:limit] + '...'
 
 
 def _to_prompt_set(
