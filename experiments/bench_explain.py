@@ -80,9 +80,7 @@ def synthetic_codes(n, k, nnz, rng):
     others = order + (order >= main[:, None])
     rows = np.nonzero(e)[0]
     slots = ptr[s + rows] + 1
-    atoms[np.repeat(slots, e[rows]) + _ranks(e[rows])] = others[take][
-      : e.sum()
-    ]
+    atoms[np.repeat(slots, e[rows]) + _ranks(e[rows])] = others[take][: e.sum()]
   secondary = np.ones(ptr[-1], bool)
   secondary[ptr[:-1]] = False
   values[secondary] = rng.normal(0, 0.15, secondary.sum())

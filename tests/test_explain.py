@@ -1,0 +1,130 @@
+"""Explaining a query through atoms (gatoms_jax.method.explain).
+
+Planted codes: the threshold-algorithm ranking equals exhaustive scoring of
+every code; a query built from planted atoms is routed to the documents
+planted on them; a query equal to a training document ranks it first under
+exact influence and within the top tie group under atoms.
+"""
+
+import numpy as np
+from absl.testing import absltest
+
+from gatoms_jax.method import explain, lasso
+
+
+def _random_codes(rng, n, k, max_nnz):
+  codes = np.zeros((n, k), np.float32)
+  for i in range(n):
+    atoms = rng.choice(k, rng.integers(1, max_nnz + 1), replace=False)
+    codes[i, atoms] = rng.normal(size=len(atoms))
+  return codes
+
+
+def _planted(rng, n_atoms=12, dim=64, per_atom=6):
+  """Orthonormal atoms; docs on one atom, or one main + one minor atom."""
+  D = np.linalg.qr(rng.normal(size=(dim, n_atoms)))[0].T.astype(np.float32)
+  plan = []
+  for j in range(n_atoms):
+    plan += [((j, 1.0),)] * (per_atom // 2)
+    for t in range(per_atom - per_atom // 2):
+      plan.append(((j, 1.0), ((j + 1 + t) % n_atoms, 0.4)))
+  codes = np.zeros((len(plan), n_atoms), np.float32)
+  for i, terms in enumerate(plan):
+    for j, value in terms:
+      codes[i, j] = value
+  X = explain.normalize_rows(codes @ D)
+  main = np.array([terms[0][0] for terms in plan])
+  return D, X, main
+
+
+class ExplainTest(absltest.TestCase):
+  def test_threshold_ranking_equals_exhaustive_scores(self):
+    rng = np.random.default_rng(0)
+    codes = _random_codes(rng, 3000, 40, 5)
+    index = explain.build_index(codes)
+    np.testing.assert_array_equal(index.dense_codes(np.arange(3000)), codes)
+    for trial in range(30):
+      q = np.zeros(40, np.float32)
+      q[rng.choice(40, 4, replace=False)] = rng.normal(size=4)
+      full = codes @ q
+      for budget in (None, 200):
+        r = explain.rank_by_atoms(index, q, 10, budget=budget, block=16)
+        if budget is None:
+          self.assertTrue(r.certified)
+        if r.certified:
+          # float32 scores summed in different orders.
+          np.testing.assert_allclose(
+            r.scores, np.sort(full)[::-1][:10], atol=1e-5
+          )
+          np.testing.assert_allclose(full[r.docs], r.scores, atol=1e-5)
+        else:
+          self.assertLessEqual(r.n_read, 200 + 16 * 4)
+      if trial == 0:
+        # Stopping early is the point: far fewer docs scored than N.
+        r = explain.rank_by_atoms(index, q, 10)
+        self.assertLess(r.n_scored, 1500)
+
+  def test_planted_codes_route_to_planted_sources(self):
+    rng = np.random.default_rng(1)
+    D, X, main = _planted(rng)
+    alpha = 0.05
+    codes, _ = lasso.sparse_encode(X, D, alpha, max_iter=2000, tol=1e-8)
+    index = explain.build_index(codes)
+    gram = D @ D.T
+    for j in (0, 5, 11):
+      # A query mostly on atom j, a little on j + 6 (no doc has that pair).
+      row = 0.9 * D[j] + 0.3 * D[(j + 6) % 12]
+      q = explain.code_queries(row[None], D, alpha, max_iter=2000, tol=1e-8)[0]
+      self.assertEqual(explain.top_atoms(q, 1)[0][0], j)
+      r = explain.rank_by_atoms(index, q, 6, gram=gram)
+      self.assertTrue(r.certified)
+      # The six documents planted on atom j, and only they, come first.
+      self.assertEqual(set(main[r.docs]), {j})
+      exact = explain.rank_exact(X, explain.normalize_rows(row[None])[0], 6)
+      self.assertEqual(explain.recall_at(r.docs, exact.docs, 6), 1.0)
+
+  def test_query_equal_to_a_document(self):
+    rng = np.random.default_rng(2)
+    D, X, main = _planted(rng)
+    alpha = 0.05
+    codes, _ = lasso.sparse_encode(X, D, alpha, max_iter=2000, tol=1e-8)
+    index = explain.build_index(codes)
+    for doc in (0, 4, 40):
+      exact = explain.rank_exact(X, X[doc], 5)
+      self.assertEqual(exact.docs[0], doc)
+      q = explain.code_queries(X[doc : doc + 1], D, alpha, max_iter=2000)[0]
+      r = explain.rank_by_atoms(index, q, 5, gram=D @ D.T)
+      full = codes @ q
+      # Top tie group: every doc whose score equals the best (docs 0..2 share
+      # one planted code); 1e-5 covers the coder's tolerance.
+      tie = np.nonzero(full >= full.max() - 1e-5)[0]
+      self.assertIn(doc, tie)
+      self.assertIn(doc, r.docs[: len(tie)])
+      self.assertEqual(set(r.docs[: len(tie)]), set(tie))
+
+  def test_metrics(self):
+    labels = ['a', 'a', 'b', 'c']
+    self.assertEqual(explain.label_agreement([0, 1, 2], labels, 'a'), 2 / 3)
+    self.assertIsNone(explain.label_agreement([], labels, 'a'))
+    self.assertEqual(explain.recall_at([3, 1, 0], [0, 1, 2], 3), 2 / 3)
+    exact = np.array([4.0, 3.0, 2.0, 1.0, 0.0])
+    self.assertAlmostEqual(
+      explain.spearman_on_union([0, 1, 2], [3.0, 2.0, 1.0], exact), 1.0
+    )
+    self.assertLess(
+      explain.spearman_on_union([3, 2, 1], [3.0, 2.0, 1.0], exact), 0
+    )
+    X = explain.normalize_rows(np.array([[1, 0], [0.9, 0.1], [0, 1.0]]))
+    docs = explain.kmeans_route(X, np.array([0, 0, 1]), np.array([1.0, 0]), 5)
+    self.assertEqual(list(docs), [0, 1])
+
+  def test_bad_input(self):
+    index = explain.build_index(np.eye(3, dtype=np.float32))
+    with self.assertRaisesRegex(ValueError, 'query_code'):
+      explain.rank_by_atoms(index, np.ones(4), 2)
+    with self.assertRaisesRegex(ValueError, 'atoms must lie'):
+      explain.index_from_csr([0, 1], [5], [1.0], 3)
+
+
+if __name__ == '__main__':
+  absltest.main()
