@@ -6,10 +6,36 @@ planted on them; a query equal to a training document ranks it first under
 exact influence and within the top tie group under atoms.
 """
 
+import json
+import os
+import subprocess
+import sys
+import tempfile
+
 import numpy as np
 from absl.testing import absltest
 
+from configs import tiny_test
+from gatoms_jax import pipeline
 from gatoms_jax.method import explain, lasso
+from gatoms_jax.pipeline import explain as pipeline_explain
+
+import tiny_tokenizer  # noqa: E402
+
+_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# configs/tiny_test.py made smaller still: few shapes, few steps.
+_TINY = {
+  'data.n_docs': 16,
+  'data.max_length': 192,
+  'data.bucket_multiple': 192,
+  'finetune.steps': 2,
+  'finetune.bucket_multiple': 192,
+  'finetune.loss_multiple': 192,
+  'curvature.max_docs': 4,
+  'projection.top_k': 8,
+  'dictionary.n_iter': 3,
+  'explain.max_new_tokens': 6,
+}
 
 
 def _random_codes(rng, n, k, max_nnz):
@@ -124,6 +150,77 @@ class ExplainTest(absltest.TestCase):
       explain.rank_by_atoms(index, np.ones(4), 2)
     with self.assertRaisesRegex(ValueError, 'atoms must lie'):
       explain.index_from_csr([0, 1], [5], [1.0], 3)
+
+
+class ExplainAppTest(absltest.TestCase):
+  """The app on a tiny finished run (finetune … atoms)."""
+
+  @classmethod
+  def setUpClass(cls):
+    tmp = tempfile.mkdtemp()
+    cls.overrides = {
+      'results_dir': os.path.join(tmp, 'results'),
+      'model.tokenizer': tiny_tokenizer.save(os.path.join(tmp, 'tok')),
+      **_TINY,
+    }
+    cls.config = tiny_test.get_config()
+    for dotted, value in cls.overrides.items():
+      *section, key = dotted.split('.')
+      (cls.config[section[0]] if section else cls.config)[key] = value
+    pipeline.run(
+      cls.config, 'finetune,gradients,curvature,projection,dictionary,atoms'
+    )
+    cls.run_dir = os.path.join(cls.overrides['results_dir'], 'tiny_test')
+
+  def test_heldout_app_prints_metrics(self):
+    flags = [f'--config.{k}={v}' for k, v in self.overrides.items()]
+    out = subprocess.run(
+      [sys.executable, '-m', 'experiments.explain',
+       '--config=configs/tiny_test.py', '--queries=heldout', *flags],
+      cwd=_ROOT, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    self.assertEqual(out.returncode, 0, out.stderr[-3000:])
+    metrics = json.loads(out.stdout.strip().splitlines()[-1])
+    for key in (
+      'atoms_top10_label_agreement',
+      'exact_top10_label_agreement',
+      'kmeans_top10_label_agreement',
+      'recall_at_10',
+      'recall_at_100',
+      'spearman',
+      'atoms_ms_per_query',
+      'exact_ms_per_query',
+    ):
+      self.assertIn(key, metrics)
+    # The held-out split (25 % of 16 documents by a hash of the id).
+    self.assertEqual(metrics['n_queries'], 16 - metrics['n_docs'])
+    for key in ('atoms', 'exact', 'kmeans'):
+      self.assertBetween(metrics[f'{key}_top10_label_agreement'], 0, 1)
+    with open(
+      os.path.join(self.run_dir, 'explain', 'explained_heldout.json')
+    ) as f:
+      saved = json.load(f)
+    self.assertLen(saved['queries'], 3)
+    lines = '\n'.join(pipeline_explain.heldout_section(self.run_dir))
+    self.assertIn('Explaining held-out answers', lines)
+    self.assertIn(saved['queries'][0]['query_id'], lines)
+
+  def test_prompt_and_pairs(self):
+    result = pipeline_explain.run_explain(self.config, prompt='Is 7 odd?')
+    (query,) = result['queries']
+    self.assertEqual(query['prompt'], 'Is 7 odd?')
+    self.assertNotEmpty(query['top_atoms'])
+    self.assertLen(query['exact_top_docs'], self.config.explain.k)
+    path = os.path.join(self.create_tempdir().full_path, 'q.jsonl')
+    with open(path, 'w') as f:
+      f.write(json.dumps({'prompt': 'Say hi.', 'response': 'Hi!'}) + '\n')
+      f.write(json.dumps({'prompt': 'Add 2 and 3.', 'response': '5'}) + '\n')
+    result = pipeline_explain.run_explain(self.config, path)
+    self.assertEqual(result['metrics']['n_queries'], 2)
+    with open(path, 'w') as f:
+      f.write(json.dumps({'prompt': 'no response'}) + '\n')
+    with self.assertRaisesRegex(ValueError, 'response'):
+      pipeline_explain.run_explain(self.config, path)
 
 
 if __name__ == '__main__':
