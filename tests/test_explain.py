@@ -11,11 +11,13 @@ import os
 import subprocess
 import sys
 import tempfile
+from unittest import mock
 
 import numpy as np
 from absl.testing import absltest
 
 from configs import tiny_test
+import gatoms_jax as ga
 from gatoms_jax import pipeline
 from gatoms_jax.method import explain, lasso
 from gatoms_jax.pipeline import explain as pipeline_explain
@@ -108,6 +110,13 @@ class ExplainTest(absltest.TestCase):
       self.assertEqual(set(main[r.docs]), {j})
       exact = explain.rank_exact(X, explain.normalize_rows(row[None])[0], 6)
       self.assertEqual(explain.recall_at(r.docs, exact.docs, 6), 1.0)
+      # The library entry point gives the same answer.
+      (whole,) = ga.explain(
+        row[None], D, index, alpha=alpha, X=X, k=6, max_iter=2000, tol=1e-8
+      )
+      np.testing.assert_array_equal(whole['atoms'].docs, r.docs)
+      np.testing.assert_array_equal(whole['exact'].docs, exact.docs)
+      self.assertEqual(whole['top_atoms'][0][0], j)
 
   def test_query_equal_to_a_document(self):
     rng = np.random.default_rng(2)
@@ -206,12 +215,21 @@ class ExplainAppTest(absltest.TestCase):
     self.assertIn(saved['queries'][0]['query_id'], lines)
 
   def test_prompt_and_pairs(self):
-    result = pipeline_explain.run_explain(self.config, prompt='Is 7 odd?')
+    # The tiny random model may stop at once (an empty answer is refused
+    # with a clear error), so the generated answer is checked to be text and
+    # a fixed answer stands in for it.
+    ctx = pipeline_explain.RunContext(self.config)
+    self.assertIsInstance(pipeline_explain.generate_response(ctx, 'Hi?'), str)
+    with mock.patch.object(
+      pipeline_explain, 'generate_response', return_value='Yes, 7 is odd.'
+    ):
+      result = pipeline_explain.run_explain(self.config, prompt='Is 7 odd?')
     (query,) = result['queries']
     self.assertEqual(query['prompt'], 'Is 7 odd?')
+    self.assertEqual(query['response'], 'Yes, 7 is odd.')
     self.assertNotEmpty(query['top_atoms'])
     self.assertLen(query['exact_top_docs'], self.config.explain.k)
-    path = os.path.join(self.create_tempdir().full_path, 'q.jsonl')
+    path = os.path.join(tempfile.mkdtemp(), 'q.jsonl')
     with open(path, 'w') as f:
       f.write(json.dumps({'prompt': 'Say hi.', 'response': 'Hi!'}) + '\n')
       f.write(json.dumps({'prompt': 'Add 2 and 3.', 'response': '5'}) + '\n')

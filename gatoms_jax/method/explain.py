@@ -433,3 +433,59 @@ def kmeans_route(
   members = np.nonzero(assignments == cluster)[0]
   closeness = X[members] @ centroids[cluster]
   return members[np.argsort(-closeness, kind='stable')[:k]]
+
+
+# ---------------------------------------------------------------------------
+# The whole query path on projected rows.
+
+
+def explain(
+  query_rows: np.ndarray,
+  dictionary: np.ndarray,
+  index: AtomIndex,
+  *,
+  alpha: float,
+  X: Optional[np.ndarray] = None,
+  k: int = 10,
+  n_atoms: int = 5,
+  budget: Optional[int] = None,
+  block: int = 64,
+  coder: str = 'fista',
+  max_iter: int = 1000,
+  tol: float = 1e-6,
+) -> list[dict]:
+  """Explains projected query gradients through the atoms.
+
+  Args:
+    query_rows: (n, k_total) projected query gradients (`Projector` rows).
+    dictionary: (K, k_total) the run's dictionary D.
+    index: `build_index(codes)` of the training documents' codes.
+    alpha, coder, max_iter, tol: the dictionary's lasso settings.
+    X: (N, k_total) row-normalised projected training gradients, for the
+      exact reference; None skips it.
+    k: documents ranked per query.
+    n_atoms: the query's largest atoms listed.
+    budget, block: see `rank_by_atoms`.
+
+  Returns:
+    Per query {'code', 'top_atoms' [(atom, weight)], 'atoms' (Ranking),
+    'exact' (Ranking or None)}.
+  """
+  x = normalize_rows(query_rows)
+  codes = code_queries(
+    x, dictionary, alpha, method=coder, max_iter=max_iter, tol=tol
+  )
+  gram = (
+    np.asarray(dictionary, np.float32) @ np.asarray(dictionary, np.float32).T
+  )
+  return [
+    {
+      'code': a,
+      'top_atoms': top_atoms(a, n_atoms),
+      'atoms': rank_by_atoms(
+        index, a, k, gram=gram, budget=budget, block=block
+      ),
+      'exact': None if X is None else rank_exact(X, xq, k),
+    }
+    for xq, a in zip(x, codes)
+  ]
