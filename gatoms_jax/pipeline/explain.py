@@ -447,7 +447,8 @@ def heldout_section(run_dir: str) -> list[str]:
         if r < len(docs):
           d = docs[r]
           tag = f' [{d["label"]}]' if d.get('label') is not None else ''
-          cells.append(f'{d["doc_id"]}{tag}: {d["excerpt"][:80]}')
+          text = d['excerpt'][:80].replace('|', '\\|')
+          cells.append(f'{d["doc_id"]}{tag}: {text}')
         else:
           cells.append('–')
       lines.append(f'| {r + 1} | {cells[0]} | {cells[1]} |')
