@@ -13,6 +13,7 @@ Knobs: the config's `explain` section. The last stdout line is one JSON object
 """
 
 import json
+import os
 
 from absl import app, flags
 
@@ -49,6 +50,12 @@ def main(argv):
 
   config = _app.resolved_config()
   result = explain.run_explain(config, _QUERIES.value, _PROMPT.value)
+  run_dir = os.path.join(config.results_dir, config.run_name)
+  if _PROMPT.value is None and _QUERIES.value == 'heldout':
+    if os.path.exists(os.path.join(run_dir, 'report.md')):
+      from gatoms_jax.pipeline import report
+
+      report.write_report(run_dir, config)  # adds the held-out section
   out = dict(result['metrics'])
   if _PROMPT.value is not None:
     query = result['queries'][0]

@@ -21,6 +21,7 @@ import gatoms_jax as ga
 from gatoms_jax import pipeline
 from gatoms_jax.method import explain, lasso
 from gatoms_jax.pipeline import explain as pipeline_explain
+from gatoms_jax.pipeline import report
 
 import tiny_tokenizer  # noqa: E402
 
@@ -210,9 +211,13 @@ class ExplainAppTest(absltest.TestCase):
     ) as f:
       saved = json.load(f)
     self.assertLen(saved['queries'], 3)
-    lines = '\n'.join(pipeline_explain.heldout_section(self.run_dir))
-    self.assertIn('Explaining held-out answers', lines)
-    self.assertIn(saved['queries'][0]['query_id'], lines)
+    # The report (artefacts only) shows the saved queries.
+    report.write_report(self.run_dir, self.config)
+    with open(os.path.join(self.run_dir, 'report.md')) as f:
+      text = f.read()
+    self.assertIn('## Explaining held-out answers', text)
+    for query in saved['queries']:
+      self.assertIn(f'**{query["query_id"]}**', text)
 
   def test_prompt_and_pairs(self):
     # The tiny random model may stop at once (an empty answer is refused

@@ -376,10 +376,6 @@ def run_explain(
         'queries': _report_queries(explained, config.explain.report_queries),
       },
     )
-    if os.path.exists(os.path.join(ctx.run_dir, 'report.md')):
-      from gatoms_jax.pipeline import report
-
-      report.write_report(ctx.run_dir, config)  # with the new section
   return result
 
 
