@@ -33,6 +33,7 @@ exhaustive atom ranking's top k) or not.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 from typing import Optional, Sequence
 
 import numpy as np
@@ -46,24 +47,26 @@ from gatoms_jax.method import lasso
 
 @dataclasses.dataclass(frozen=True)
 class AtomIndex:
-  """Sparse codes (CSR by document) and per-atom posting lists.
+  """Sparse codes (by document) and per-atom posting lists.
 
   Attributes:
     n_docs, n_atoms: N and K.
-    doc_ptr: int64[N + 1] CSR offsets of each document's non-zero codes.
-    doc_atoms: int32[nnz] their atoms.
-    doc_values: float32[nnz] their values.
+    doc_atoms: int32[N, W] each document's non-zero atoms, W = the most of
+      any document (padded with atom 0 and value 0, which adds nothing).
+    doc_values: float32[N, W] their values.
     pos_ptr, pos_docs, pos_values: per atom, the documents with a positive
       code, largest first (CSR by atom).
     neg_ptr, neg_docs, neg_values: per atom, the documents with a negative
       code, most negative first.
-    max_nnz: most non-zero codes of any document.
+    max_nnz: W.
     max_norm: largest ‖a_d‖₂.
+    scratch: int64[2, N] per-query marks (which documents a query has met),
+      reset by an epoch counter, so a query touches only what it reads; one
+      query at a time per index.
   """
 
   n_docs: int
   n_atoms: int
-  doc_ptr: np.ndarray
   doc_atoms: np.ndarray
   doc_values: np.ndarray
   pos_ptr: np.ndarray
@@ -74,14 +77,15 @@ class AtomIndex:
   neg_values: np.ndarray
   max_nnz: int
   max_norm: float
+  scratch: np.ndarray
 
   @property
   def bytes_per_doc(self) -> float:
-    """Bytes kept per document: its codes once by document, once by atom."""
+    """Bytes kept per document: codes by document and by atom, marks."""
     arrays = (
-      self.doc_ptr, self.doc_atoms, self.doc_values, self.pos_ptr,
-      self.pos_docs, self.pos_values, self.neg_ptr, self.neg_docs,
-      self.neg_values,
+      self.doc_atoms, self.doc_values, self.pos_ptr, self.pos_docs,
+      self.pos_values, self.neg_ptr, self.neg_docs, self.neg_values,
+      self.scratch,
     )  # fmt: skip
     return sum(a.nbytes for a in arrays) / max(self.n_docs, 1)
 
@@ -89,8 +93,12 @@ class AtomIndex:
     """(len(docs), K) dense codes of some documents."""
     docs = np.asarray(docs, np.int64)
     out = np.zeros((len(docs), self.n_atoms), np.float32)
-    flat, row = _gather_rows(self.doc_ptr, docs)
-    out[row, self.doc_atoms[flat]] = self.doc_values[flat]
+    rows = np.repeat(np.arange(len(docs)), self.max_nnz)
+    np.add.at(
+      out,
+      (rows, self.doc_atoms[docs].reshape(-1)),
+      self.doc_values[docs].reshape(-1),
+    )
     return out
 
 
@@ -128,24 +136,25 @@ def index_from_csr(
     raise ValueError(f'atoms must lie in [0, {n_atoms})')
   n_docs = len(doc_ptr) - 1
   counts = np.diff(doc_ptr)
+  width = max(int(counts.max()) if n_docs else 0, 1)
   docs = np.repeat(np.arange(n_docs, dtype=np.int32), counts)
+  slot = np.arange(len(doc_atoms)) - np.repeat(doc_ptr[:-1], counts)
+  padded_atoms = np.zeros((n_docs, width), np.int32)
+  padded_values = np.zeros((n_docs, width), np.float32)
+  padded_atoms[docs, slot] = doc_atoms
+  padded_values[docs, slot] = doc_values
+  norms = np.sqrt((padded_values.astype(np.float64) ** 2).sum(axis=1))
   pos, neg = doc_values > 0, doc_values < 0
-  norms = np.sqrt(
-    np.add.reduceat(doc_values.astype(np.float64) ** 2, doc_ptr[:-1])
-    if len(doc_values)
-    else np.zeros(n_docs)
-  )
-  norms[counts == 0] = 0.0  # reduceat repeats the next value on empty rows
   return AtomIndex(
     n_docs,
     int(n_atoms),
-    doc_ptr,
-    doc_atoms,
-    doc_values,
+    padded_atoms,
+    padded_values,
     *_postings(doc_atoms[pos], docs[pos], doc_values[pos], n_atoms, True),
     *_postings(doc_atoms[neg], docs[neg], doc_values[neg], n_atoms, False),
-    max_nnz=int(counts.max()) if n_docs else 0,
+    max_nnz=width,
     max_norm=float(norms.max()) if n_docs else 0.0,
+    scratch=np.zeros((2, n_docs), np.int64),
   )
 
 
@@ -162,25 +171,28 @@ def build_index(codes: np.ndarray) -> AtomIndex:
   )
 
 
-def _gather_rows(ptr: np.ndarray, rows: np.ndarray):
-  """Flat positions of the entries of CSR `rows`, and the row of each."""
-  starts, stops = ptr[rows], ptr[rows + 1]
-  lengths = stops - starts
-  row = np.repeat(np.arange(len(rows)), lengths)
-  offsets = np.arange(lengths.sum()) - np.repeat(
-    np.cumsum(lengths) - lengths, lengths
-  )
-  return np.repeat(starts, lengths) + offsets, row
-
-
 def atom_scores(
   index: AtomIndex, query_code: np.ndarray, docs: np.ndarray
 ) -> np.ndarray:
   """Σ_j a_qj · a_dj of each document in `docs`, from its sparse code."""
   docs = np.asarray(docs, np.int64)
-  flat, row = _gather_rows(index.doc_ptr, docs)
-  products = query_code[index.doc_atoms[flat]] * index.doc_values[flat]
-  return np.bincount(row, weights=products, minlength=len(docs))
+  q = np.asarray(query_code, np.float32)
+  return (q[index.doc_atoms[docs]] * index.doc_values[docs]).sum(axis=1)
+
+
+_EPOCHS = itertools.count(1)  # marks of one query in AtomIndex.scratch
+
+
+def _unseen(index: AtomIndex, docs: np.ndarray, epoch: int) -> np.ndarray:
+  """The distinct documents of `docs` not marked in this epoch; marks them."""
+  mark, owner = index.scratch
+  docs = docs[mark[docs] != epoch]
+  # Distinct without sorting: the last position writing a doc owns it.
+  position = np.arange(len(docs))
+  owner[docs] = position
+  docs = docs[owner[docs] == position]
+  mark[docs] = epoch
+  return docs
 
 
 # ---------------------------------------------------------------------------
@@ -234,8 +246,8 @@ def rank_by_atoms(
 
   Threshold algorithm over the posting lists that can raise a score (the
   positive list of an atom with a_qj > 0, the negative list of one with
-  a_qj < 0), `block` entries per list per round; see the module docstring
-  for the stop bound. Only documents met in these lists are ranked (the
+  a_qj < 0), in rounds of doubling size; see the module docstring for the
+  stop bound. Only documents met in these lists are ranked (the
   others share no positively aligned atom with the query).
 
   Args:
@@ -246,7 +258,8 @@ def rank_by_atoms(
       beyond the document index.
     budget: most list entries to read (None: until the bound certifies the
       top k or the lists run out).
-    block: entries read per list per round.
+    block: entries read from the heaviest list in the first round (lighter
+      lists in proportion to |a_qj|); each round doubles.
 
   Returns:
     A `Ranking`.
@@ -277,10 +290,11 @@ def rank_by_atoms(
     ),
   ).astype(np.int64)
   depth = np.zeros(len(lists), np.int64)
+  epoch = next(_EPOCHS)
   seen_docs: list[np.ndarray] = []
   seen_scores: list[np.ndarray] = []
-  seen = np.zeros(0, np.int64)
-  n_read, certified, kth = 0, False, -np.inf
+  best = np.zeros(0, np.float32)  # the k best scores so far
+  n_read, certified = 0, False
   while True:
     live = depth < lengths
     if not live.any():
@@ -288,30 +302,37 @@ def rank_by_atoms(
       break
     if budget is not None and n_read >= budget:
       break
+    take = steps.copy()
+    if budget is not None and take[live].sum() > budget - n_read:
+      # The last round: the budget left, shared in the same proportions.
+      take = np.maximum(1, take * (budget - n_read) // take[live].sum())
     new = [
-      d[depth[i] : depth[i] + steps[i]]
-      for i, (_, d, _) in enumerate(lists)
-      if live[i]
+      lists[i][1][depth[i] : depth[i] + take[i]] for i in np.nonzero(live)[0]
     ]
     n_read += sum(len(x) for x in new)
-    depth += steps
-    fresh = np.setdiff1d(np.concatenate(new).astype(np.int64), seen)
+    depth += take
+    # Rounds double in size: few rounds (each has a fixed cost) whether the
+    # stop comes early or late.
+    steps *= 2
+    fresh = _unseen(index, np.concatenate(new).astype(np.int64), epoch)
     if len(fresh):
-      seen = np.union1d(seen, fresh)
+      scores = atom_scores(index, q, fresh)
       seen_docs.append(fresh)
-      seen_scores.append(atom_scores(index, q, fresh))
-    if len(seen) >= k:
-      all_scores = np.concatenate(seen_scores)
-      kth = np.partition(all_scores, len(all_scores) - k)[len(all_scores) - k]
+      seen_scores.append(scores)
+      best = np.concatenate([best, scores])
+      if len(best) > k:
+        best = np.partition(best, len(best) - k)[len(best) - k :]
+    if len(best) < k:
+      continue
     # Caps a_qj · v_j with v_j the next unread value of list j (0 if done).
     nxt = np.array(
       [v[t] if t < len(v) else 0.0 for (_, _, v), t in zip(lists, depth)],
       np.float64,
     )
     caps = weights * nxt
-    top_caps = np.sort(caps)[::-1][: max(index.max_nnz, 1)].sum()
+    top_caps = np.sort(caps)[::-1][: index.max_nnz].sum()
     norm_cap = index.max_norm * np.sqrt(np.sum(weights[caps > 0] ** 2))
-    if kth >= min(top_caps, norm_cap):
+    if best.min() >= min(top_caps, norm_cap):
       certified = True
       break
   if not seen_docs:
