@@ -151,6 +151,18 @@ def base_config() -> ml_collections.ConfigDict:
   c.atoms.kmeans_seed = 0
   c.atoms.knn_k = 10  # neighbours of the kNN label-agreement check
 
+  # Explaining a model output (experiments/explain.py, not a pipeline stage):
+  # the query's atoms and the training documents ranked through them.
+  c.explain = ml_collections.ConfigDict()
+  c.explain.k = 10  # documents reported (and scored) per query
+  c.explain.n_atoms_shown = 5  # the query's largest atoms reported
+  # Posting-list entries read at most per query (rank_by_atoms): bounds the
+  # work independently of N; 0 reads until the top k is certified.
+  c.explain.budget = 1024
+  c.explain.block = 64  # entries read per round from the heaviest list
+  c.explain.max_new_tokens = 64  # --prompt: generated response length
+  c.explain.report_queries = 3  # held-out queries shown in the report
+
   c.steering = ml_collections.ConfigDict()
   c.steering.behaviors = ('yes_no', 'code', 'refusal', 'bullets', 'numbered')
   c.steering.prompts_path = ''  # JSONL {"prompt", "invites"} (+ "behavior")
@@ -272,6 +284,12 @@ _AT_LEAST = {
   'dictionary.coder_max_iter': (1, True),
   'atoms.top_n': (1, True),
   'atoms.knn_k': (1, True),
+  'explain.k': (1, True),
+  'explain.n_atoms_shown': (1, True),
+  'explain.budget': (0, True),
+  'explain.block': (1, True),
+  'explain.max_new_tokens': (1, True),
+  'explain.report_queries': (0, True),
   'steering.prompts_per_behavior': (1, True),
   'steering.max_new_tokens': (1, True),
   'steering.n_random_controls': (0, True),

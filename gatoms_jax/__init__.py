@@ -4,7 +4,8 @@ Finds what a fine-tuning set teaches a model without labels: one LoRA gradient
 per document (`method.gradients`), rotated and rescaled by EK-FAC curvature
 (`method.curvature`, `method.projection`), a sparse dictionary over them
 (`method.dictionary`), atoms read as document clusters (`method.atoms`) and as
-steering vectors (`method.steering`).
+steering vectors (`method.steering`), and model outputs explained through the
+atoms (`method.explain`).
 
 Layers, each importing only those below it: `core` (model port, loaders,
 LoRA, data, sharding, artefact I/O) ← `demo` (generated mixture, built-in
@@ -25,6 +26,7 @@ from gatoms_jax.method.curvature import (
   fit_factors,
 )
 from gatoms_jax.method.dictionary import DictionaryResult, learn_dictionary
+from gatoms_jax.method.explain import AtomIndex, build_index, explain
 from gatoms_jax.method.gradients import GradientExtractor, extract_to_store
 from gatoms_jax.method.lasso import sparse_encode
 from gatoms_jax.method.projection import (
@@ -39,6 +41,7 @@ __version__ = '0.1.0'
 
 __all__ = [
   'AtomDirections',
+  'AtomIndex',
   'Batch',
   'DictionaryResult',
   'Factors',
@@ -50,7 +53,9 @@ __all__ = [
   'Projector',
   'Transformer',
   'correct_eigenvalues',
+  'build_index',
   'eigendecompose',
+  'explain',
   'extract_to_store',
   'fit_factors',
   'flatten',

@@ -15,6 +15,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from gatoms_jax.core.io import write_json, write_text
+from gatoms_jax.pipeline import explain
 from gatoms_jax.pipeline.manifest import STAGES
 
 
@@ -536,6 +537,7 @@ def write_report(
     lines += _side_effect_lines(summary.get('side_effects'))
     lines += _composition_steering_lines(summary.get('steering_composition'))
     lines += ['', '![steering](steering.png)', '']
+  lines += explain.heldout_section(run_dir)
   lines += ['## Stage timings (s)', '', '| stage | seconds |', '|---|---:|']
   lines += [f'| {k} | {v} |' for k, v in stage_seconds.items()]
   lines += [
