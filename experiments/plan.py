@@ -5,6 +5,9 @@ and projected wall time on named accelerators (gatoms_jax/pipeline/plan.py).
     --mesh=data:1,model:1
   python -m experiments.plan --config=configs/gemma3_4b_paper.py \
     --mesh=data:8,model:1 --devices=8
+  # parameters sharded too (FSDP over data, tensor parallelism over model)
+  python -m experiments.plan --config=configs/gemma3_4b_paper.py \
+    --mesh=data:4,model:2 --devices=8 --shard_params
 
 --devices=N fakes N CPU devices (set before JAX starts its backend). The
 last stdout line is one JSON object.
@@ -38,6 +41,13 @@ _MESH = flags.DEFINE_string(
 _DEVICES = flags.DEFINE_integer(
   'devices', 1, 'Fake CPU devices (XLA_FLAGS) when > 1.'
 )
+_SHARD_PARAMS = flags.DEFINE_bool(
+  'shard_params',
+  False,
+  'Shard the frozen base, LoRA and AdamW state by sharding.param_shardings '
+  "(FSDP over 'data', tensor parallelism over 'model'); default: replicated, "
+  'as the stages run today.',
+)
 _STAGES = flags.DEFINE_list('stages', [], 'Stages to plan; empty: all.')
 _EFFICIENCY = flags.DEFINE_float(
   'flop_efficiency',
@@ -59,6 +69,7 @@ def main(argv):
     mesh,
     stages=tuple(_STAGES.value) or plan.STAGES,
     flop_efficiency=_EFFICIENCY.value or plan.DEFAULT_FLOP_EFFICIENCY,
+    shard_params=_SHARD_PARAMS.value,
     log=logging.info,
   )
   print(plan.format_table(result))

@@ -13,6 +13,7 @@ from absl.testing import absltest
 
 from configs import tiny_test
 from gatoms_jax.core.models import config as config_lib
+from gatoms_jax.core.models import lora as lora_lib
 from gatoms_jax.pipeline import plan
 
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -92,6 +93,21 @@ class PlanTest(absltest.TestCase):
     one = self.one['stages']['finetune']['flops']
     two = self.two['stages']['finetune']['flops']
     np.testing.assert_allclose(two, one / 2, rtol=0.1)
+
+  def test_sharded_params_reach_the_compiled_step(self):
+    mesh = plan.build_mesh({'data': 2, 'model': 2})
+    step = plan.stage_plans(self.config, mesh, shard_params=True)[0]
+    self.assertEqual(step.name, 'finetune')
+    compiled, _ = plan.compile_stage(step, mesh)
+    base = compiled.input_shardings[0][2]
+    specs = {
+      lora_lib.path_str(p): s.spec
+      for p, s in jax.tree_util.tree_flatten_with_path(base)[0]
+    }
+    self.assertEqual(
+      specs['layers.0.self_attn.q_proj.kernel'], jax.P('data', 'model')
+    )
+    self.assertEqual(specs['embed_tokens'], jax.P('model', 'data'))
 
   def test_bad_mesh(self):
     with self.assertRaisesRegex(ValueError, 'name:size'):

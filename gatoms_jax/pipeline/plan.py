@@ -25,6 +25,7 @@ What XLA's numbers mean, and where they fall short:
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import os
 from typing import Any, Callable, Optional
@@ -210,12 +211,17 @@ class StagePlan:
   sharding: str
 
 
-def stage_plans(config: Any, mesh: jax.sharding.Mesh) -> list[StagePlan]:
+def stage_plans(
+  config: Any, mesh: jax.sharding.Mesh, shard_params: bool = False
+) -> list[StagePlan]:
   """The step of every stage with abstract inputs placed on `mesh`.
 
   Inputs are sized for the config's run: documents of `data.max_length`
   tokens (every document at the longest width: an upper bound), the training
-  split of `data.n_docs`.
+  split of `data.n_docs`. With `shard_params`, the frozen base, the LoRA
+  tree and the AdamW state follow `sharding.param_shardings` (FSDP over
+  'data', tensor parallelism over 'model'); otherwise they are replicated,
+  as the stages place them today.
   """
   model_config = model_config_of(config)
   mdef, base, lora = abstract_split(model_config, config)
@@ -228,7 +234,21 @@ def stage_plans(config: Any, mesh: jax.sharding.Mesh) -> list[StagePlan]:
   )
   width = _round_up(config.data.max_length, config.data.bucket_multiple)
   n_train = int(round(config.data.n_docs * (1 - config.data.heldout_fraction)))
-  param_sharding = 'frozen base and LoRA replicated'
+  if shard_params:
+    params_of = lambda tree: jax.tree.map(
+      lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+      tree,
+      sharding.param_shardings(tree, mesh),
+    )
+    param_sharding = (
+      "frozen base and LoRA by sharding.param_shardings (embed over 'data', "
+      "heads/MLP/vocab over 'model')"
+    )
+    opt_sharding = 'AdamW moments like the LoRA tree'
+  else:
+    params_of = rep_of
+    param_sharding = 'frozen base and LoRA replicated'
+    opt_sharding = 'AdamW state replicated'
   plans = []
 
   # Fine-tuning: one optimiser micro-step of batch_size documents.
@@ -247,11 +267,11 @@ def stage_plans(config: Any, mesh: jax.sharding.Mesh) -> list[StagePlan]:
     StagePlan(
       'finetune',
       finetune.make_train_step(mdef, optimizer),
-      (rep_of(lora), rep_of(opt_state), rep_of(base), batch),
+      (params_of(lora), params_of(opt_state), params_of(base), batch),
       {},
       calls=ft.steps * ft.grad_accum,
       shapes=f'batch {batch_rows} x {width} tokens',
-      sharding=f'documents over data; {param_sharding}, AdamW state replicated',
+      sharding=f'documents over data; {param_sharding}; {opt_sharding}',
     )
   )
 
@@ -261,7 +281,7 @@ def stage_plans(config: Any, mesh: jax.sharding.Mesh) -> list[StagePlan]:
   factor_step = jax.jit(
     curvature._factor_batch,  # the stage's own step (FactorAccumulator)
     static_argnums=(1, 8),
-    in_shardings=(rep, rep, rows(2), rows(2), rows(2), rows(2), rep),
+    # Shardings come with the arguments (the stage places them).
     out_shardings=rep,
   )
   n_factor_docs = min(n_train, cv.max_docs) if cv.max_docs else n_train
@@ -270,9 +290,9 @@ def stage_plans(config: Any, mesh: jax.sharding.Mesh) -> list[StagePlan]:
       'curvature',
       factor_step,
       (
-        rep_of(lora),
+        params_of(lora),
         mdef,
-        rep_of(base),
+        params_of(base),
         spec((cv_rows, width), jnp.int32, rows(2)),
         spec((cv_rows, loss_width), jnp.int32, rows(2)),
         spec((cv_rows, loss_width), jnp.float32, rows(2)),
@@ -309,8 +329,18 @@ def stage_plans(config: Any, mesh: jax.sharding.Mesh) -> list[StagePlan]:
   plans.append(
     StagePlan(
       'gradients',
-      grads._jitted_call('taps', False, mesh),  # the extractor's own call
-      (rep_of(_cast(lora, compute)), mdef, rep_of(_cast(base, compute)), slab),
+      # The extractor's own call, its parameter shardings from the arguments.
+      jax.jit(
+        functools.partial(grads._call_fn, method='taps', packed=False),
+        static_argnums=(1,),
+        out_shardings=slab_sharding(4),
+      ),
+      (
+        params_of(_cast(lora, compute)),
+        mdef,
+        params_of(_cast(base, compute)),
+        slab,
+      ),
       {},
       calls=math.ceil(n_train / slab_rows),
       shapes=f'slab {slab_rows} x {width} tokens, {gc.compute_dtype}',
@@ -391,12 +421,11 @@ def stage_plans(config: Any, mesh: jax.sharding.Mesh) -> list[StagePlan]:
   n_variants = 1 + (sc.atoms_per_behavior + sc.n_random_controls) * 2 * len(
     sc.kl_levels
   )
-  stacked = _placed(
+  stacked = params_of(
     jax.tree.map(
       lambda x: jax.ShapeDtypeStruct((n_variants, *x.shape), base_dtype(base)),
       lora,
-    ),
-    lambda _: rep,
+    )
   )
   slots = _round_up(sc.min_prompt_bucket + sc.max_new_tokens - 1, 8)
   cache = jax.eval_shape(
@@ -433,7 +462,7 @@ def stage_plans(config: Any, mesh: jax.sharding.Mesh) -> list[StagePlan]:
       decode.decode_segment,
       (
         mdef,
-        rep_of(base),
+        params_of(base),
         stacked,
         spec((gen_rows, n_variants), jnp.float32, rows(2)),
         state,
@@ -494,6 +523,7 @@ def plan_run(
   *,
   stages: tuple[str, ...] = STAGES,
   flop_efficiency: float = DEFAULT_FLOP_EFFICIENCY,
+  shard_params: bool = False,
   log: Callable[[str], None] = lambda _: None,
 ) -> dict:
   """Compiles each stage's step on `mesh` and projects the run's wall time.
@@ -513,13 +543,14 @@ def plan_run(
   out = {
     'mesh': dict(mesh.shape),
     'n_devices': int(mesh.devices.size),
+    'shard_params': shard_params,
     'flop_efficiency': flop_efficiency,
     'accelerators': {
       name: dataclasses.asdict(a) for name, a in ACCELERATORS.items()
     },
     'stages': {},
   }
-  for plan in stage_plans(config, mesh):
+  for plan in stage_plans(config, mesh, shard_params):
     if plan.name not in stages:
       continue
     compiled, seconds = compile_stage(plan, mesh)
