@@ -65,6 +65,8 @@ class PlanTest(absltest.TestCase):
         self.assertEqual(
           entry['fits'][acc], entry['bytes_per_device'] <= a.memory_bytes
         )
+      # A float32 model: no bfloat16 operands for XLA:CPU to copy.
+      self.assertEqual(entry['cpu_f32_copies_max_bytes'], 0, name)
 
   def test_finetune_figures_match_the_model(self):
     mc = config_lib.tiny_llama()
@@ -108,6 +110,16 @@ class PlanTest(absltest.TestCase):
       specs['layers.0.self_attn.q_proj.kernel'], jax.P('data', 'model')
     )
     self.assertEqual(specs['embed_tokens'], jax.P('model', 'data'))
+
+  def test_bf16_argument_bytes_count_one_shard(self):
+    mesh = plan.build_mesh({'data': 2, 'model': 2})
+    split = jax.sharding.NamedSharding(mesh, jax.P('data', 'model'))
+    args = (
+      jax.ShapeDtypeStruct((8, 6), jax.numpy.bfloat16, sharding=split),
+      jax.ShapeDtypeStruct((8, 6), jax.numpy.bfloat16),
+      jax.ShapeDtypeStruct((8, 6), jax.numpy.float32, sharding=split),
+    )
+    self.assertEqual(plan._bf16_argument_bytes(args), 4 * 3 * 2 + 8 * 6 * 2)
 
   def test_bad_mesh(self):
     with self.assertRaisesRegex(ValueError, 'name:size'):
