@@ -35,6 +35,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.path = 'embedded'
   c.model.dtype = 'float32'  # parameter and compute dtype: float32 | bfloat16
   c.model.tokenizer = ''  # empty: read from the model path
+  # A config.PRESETS name giving the architecture where the files are absent
+  # (experiments.plan); empty: read it from model.path.
+  c.model.preset = ''
 
   c.lora = ml_collections.ConfigDict()
   c.lora.rank = 8

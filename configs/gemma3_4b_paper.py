@@ -24,6 +24,7 @@ def get_config():
   c = common.base_config()
   c.run_name = 'gemma3_4b_paper'
   c.model.path = '/path/to/gemma-3-4b-it'  # set this: a local HF directory
+  c.model.preset = 'gemma3_4b'  # the shapes, for experiments.plan
   c.model.dtype = 'bfloat16'
   c.lora.rank = 8
   c.lora.alpha = 16.0

@@ -86,3 +86,104 @@ def to_host(x) -> np.ndarray:
 def tree_to_host(tree):
   """`to_host` on every leaf of a pytree."""
   return jax.tree.map(to_host, tree)
+
+
+# ---------------------------------------------------------------------------
+# Meshes from the config and parameter sharding rules.
+
+MODEL_AXIS = 'model'
+
+# Logical axes of each weight's trailing two dims, by the leaf's last two
+# path names: the kernels are (in, out), lora_a (in, r), lora_b (r, out).
+_EMBED, _WIDE, _VOCAB = 'embed', 'wide', 'vocab'
+_IN_EMBED = ('q_proj', 'k_proj', 'v_proj', 'gate_proj', 'up_proj')
+_OUT_EMBED = ('o_proj', 'down_proj')
+# Logical axis → mesh axis: FSDP splits the model width over 'data'; tensor
+# parallelism splits heads, the MLP width and the vocabulary over 'model'.
+LOGICAL_TO_MESH = {_EMBED: DATA_AXIS, _WIDE: MODEL_AXIS, _VOCAB: MODEL_AXIS}
+
+
+def mesh_from_shape(
+  shape: dict, devices: Sequence[jax.Device] | None = None
+) -> jax.sharding.Mesh:
+  """A mesh of named axis sizes, e.g. {'data': -1, 'model': 1}.
+
+  One size may be -1 (the devices left over). Uses `jax.make_mesh` (a
+  device order suited to the hardware) over all devices, else an explicit
+  reshape of `devices`.
+  """
+  names = tuple(shape)
+  devices = list(devices if devices is not None else jax.devices())
+  sizes = [int(s) for s in shape.values()]
+  if sizes.count(-1) > 1 or any(s == 0 or s < -1 for s in sizes):
+    raise ValueError(f'mesh shape {shape}: sizes ≥ 1, at most one -1')
+  known = int(np.prod([s for s in sizes if s != -1]))
+  if -1 in sizes:
+    if len(devices) % known:
+      raise ValueError(
+        f'mesh shape {shape}: {len(devices)} devices are not a multiple of '
+        f'{known}'
+      )
+    sizes[sizes.index(-1)] = len(devices) // known
+  if int(np.prod(sizes)) != len(devices):
+    raise ValueError(
+      f'mesh shape {shape} needs {int(np.prod(sizes))} devices; '
+      f'{len(devices)} given'
+    )
+  if len(devices) == len(jax.devices()):
+    # Auto axes: XLA propagates the parameters' shardings through the
+    # stages' unannotated code (Explicit axes would demand annotations).
+    auto = (jax.sharding.AxisType.Auto,) * len(names)
+    return jax.make_mesh(tuple(sizes), names, axis_types=auto, devices=devices)
+  return jax.sharding.Mesh(np.array(devices).reshape(sizes), names)
+
+
+def _logical_axes(path: str, ndim: int) -> tuple:
+  """Logical names of a parameter's axes from its path (None: replicated)."""
+  parts = path.split('.')
+  leaf, module = parts[-1], parts[-2] if len(parts) > 1 else ''
+  lead = (None,) * max(ndim - 2, 0)  # e.g. a scanned stack's layer axis
+  if leaf == 'embed_tokens' and ndim >= 2:
+    return lead + (_VOCAB, _EMBED)
+  if leaf == 'lm_head' and ndim >= 2:
+    return lead + (_EMBED, _VOCAB)
+  if ndim < 2 or module not in _IN_EMBED + _OUT_EMBED:
+    return (None,) * ndim  # norms, biases, anything unknown: replicated
+  into, out = (_EMBED, _WIDE) if module in _IN_EMBED else (_WIDE, _EMBED)
+  if leaf == 'kernel':
+    return lead + (into, out)
+  if leaf == 'lora_a':
+    return lead + (into, None)
+  if leaf == 'lora_b':
+    return lead + (None, out)
+  return (None,) * ndim
+
+
+def param_spec(path: str, shape: Sequence[int], mesh: jax.sharding.Mesh):
+  """The PartitionSpec of one parameter on `mesh`.
+
+  A logical axis goes to its mesh axis (`LOGICAL_TO_MESH`) when the mesh has
+  that axis, of size > 1, dividing the dimension; otherwise it stays whole.
+  """
+  spec = []
+  for size, logical in zip(shape, _logical_axes(path, len(shape))):
+    axis = LOGICAL_TO_MESH.get(logical)
+    n = mesh.shape.get(axis, 1) if axis else 1
+    spec.append(axis if n > 1 and size % n == 0 else None)
+  return jax.P(*spec)
+
+
+def param_shardings(tree, mesh: jax.sharding.Mesh):
+  """NamedShardings for every leaf of a parameter tree (frozen base state,
+  LoRA tree, or an optimiser state whose leaves mirror the LoRA tree's
+  paths, e.g. optax's mu / nu; scalars such as step counts replicate)."""
+
+  def one(path, x):
+    name = '.'.join(
+      str(getattr(k, 'key', getattr(k, 'name', getattr(k, 'idx', k))))
+      for k in path
+    )
+    name = '.'.join(p for p in name.split('.') if p != 'value')
+    return NamedSharding(mesh, param_spec(name, np.shape(x), mesh))
+
+  return jax.tree_util.tree_map_with_path(one, tree)
