@@ -30,7 +30,11 @@ import jax
 import jax.numpy as jnp
 
 from gatoms_jax.core.models import lora as lora_lib
-from gatoms_jax.core.models.transformer import LoraTaps, init_cache
+from gatoms_jax.core.models.transformer import (
+  LoraTaps,
+  cache_slots,
+  init_cache,
+)
 
 Array = jax.Array
 PyTree = Any
@@ -119,7 +123,11 @@ def prefill(
   TRACE_COUNTS['prefill', b, p, n_slots, mode] += 1
   model = lora_lib.merge(mdef, base, lora)
   dtype = model.embed_tokens[...].dtype
-  cache = init_cache(mdef.config, b, n_slots, dtype)
+  # A scanned model keeps its cache stacked (one buffer per k/v, updated in
+  # place by the layer scan); an unrolled one keeps one buffer per layer.
+  cache = init_cache(
+    mdef.config, b, n_slots, dtype, stacked=bool(model.scan_layers)
+  )
   hidden, cache = model.hidden_states(
     tokens,
     positions(valid),
@@ -178,7 +186,7 @@ def decode_segment(
     (the new state, int32 [b, n_steps] tokens of this segment).
   """
   b, width = state['tok'].shape[0], n_steps
-  slots = state['cache']['layers'][0]['k'].shape[2]
+  slots = cache_slots(state['cache'])
   TRACE_COUNTS['decode', b, slots, n_steps, mode] += 1
   lengths = state['lengths']
 
@@ -213,10 +221,25 @@ def decode_segment(
   return {**state, 'cache': cache, 'tok': tok, 'done': done}, out
 
 
+def _batch_axis(path) -> int:
+  """Batch axis of a leaf: 1 inside a stacked KV cache (L b ...), else 0."""
+  names = [getattr(k, 'key', None) for k in path]
+  for i, name in enumerate(names[:-1]):
+    if name == 'cache' and names[i + 1] == 'layers':
+      stacked = i + 2 < len(path) and isinstance(
+        path[i + 2], jax.tree_util.DictKey
+      )
+      return 1 if stacked else 0
+  return 0
+
+
 @jax.jit
 def gather_rows(tree: PyTree, index: Array) -> PyTree:
-  """Rows `index` of every array in `tree` (batch axis 0)."""
-  return jax.tree.map(lambda x: jnp.take(x, index, axis=0), tree)
+  """Rows `index` of every array in `tree` (batch axis 0; axis 1 in a stacked
+  KV cache under a 'cache' key)."""
+  return jax.tree_util.tree_map_with_path(
+    lambda p, x: jnp.take(x, index, axis=_batch_axis(p)), tree
+  )
 
 
 @functools.partial(jax.jit, static_argnames=('mdef',))
