@@ -35,6 +35,11 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.path = 'embedded'
   c.model.dtype = 'float32'  # parameter and compute dtype: float32 | bfloat16
   c.model.tokenizer = ''  # empty: read from the model path
+  # Decoder layers as one lax.scan (compile time independent of depth) or a
+  # Python loop; remat: none | full | dots (keep weight-matmul outputs only;
+  # attention's T² probabilities are recomputed in the backward pass).
+  c.model.scan_layers = True
+  c.model.remat = 'dots'
 
   c.lora = ml_collections.ConfigDict()
   c.lora.rank = 8
@@ -205,6 +210,7 @@ class ConfigError(ValueError):
 
 _CHOICES = {
   'model.dtype': ('float32', 'bfloat16'),
+  'model.remat': ('none', 'full', 'dots'),
   'data.format': ('auto', 'chat', 'alpaca'),
   'gradients.storage_dtype': ('float32', 'bfloat16'),
   'gradients.compute_dtype': ('float32', 'bfloat16'),
