@@ -34,6 +34,7 @@ from gatoms_jax.core.models.transformer import (
   LoraTaps,
   cache_slots,
   init_cache,
+  set_layer_execution,
 )
 
 Array = jax.Array
@@ -47,6 +48,22 @@ TRACE_COUNTS: collections.Counter = collections.Counter()
 def positions(valid: Array) -> Array:
   """Position ids of left-padded rows (pads get 0; they are masked keys)."""
   return jnp.maximum(jnp.cumsum(valid, axis=1) - 1, 0).astype(jnp.int32)
+
+
+def _cached_model(mdef, base, lora):
+  """The model for the KV-cache kernels (prefill, decode): layers unrolled.
+
+  A scanned model can decode (`init_cache(..., stacked=True)`), but carrying
+  the stacked cache through the layer scan copies each layer's cache slice
+  in and out at every step: measured on SmolLM2-135M shapes (4 prompts,
+  64 new tokens, CPU), generation took ~150 s scanned vs ~85 s unrolled
+  (see notes/scan.md). These kernels therefore run the unrolled layout
+  (same weights, same results); scoring kernels without a cache stay
+  scanned.
+  """
+  model = lora_lib.merge(mdef, base, lora)
+  set_layer_execution(model, scan_layers=False, remat=model.remat)
+  return model
 
 
 def _taps(weights: Optional[Array]) -> Optional[LoraTaps]:
@@ -121,13 +138,9 @@ def prefill(
   """
   b, p = tokens.shape
   TRACE_COUNTS['prefill', b, p, n_slots, mode] += 1
-  model = lora_lib.merge(mdef, base, lora)
+  model = _cached_model(mdef, base, lora)
   dtype = model.embed_tokens[...].dtype
-  # A scanned model keeps its cache stacked (one buffer per k/v, updated in
-  # place by the layer scan); an unrolled one keeps one buffer per layer.
-  cache = init_cache(
-    mdef.config, b, n_slots, dtype, stacked=bool(model.scan_layers)
-  )
+  cache = init_cache(mdef.config, b, n_slots, dtype)
   hidden, cache = model.hidden_states(
     tokens,
     positions(valid),
@@ -199,7 +212,7 @@ def decode_segment(
     step = first_step + i
     # Merging is free at run time; doing it here keeps NNX objects from
     # crossing the while_loop trace boundary.
-    model = lora_lib.merge(mdef, base, lora)
+    model = _cached_model(mdef, base, lora)
     x = jnp.maximum(tok, 0)[:, None]  # finished rows feed a dummy id
     pos = (lengths + step - 1)[:, None]
     hidden, cache = model.hidden_states(
