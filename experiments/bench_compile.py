@@ -148,7 +148,7 @@ def main(argv):
     arch, dtype = config_lib.smollm2_135m(), jnp.float32
     temp = {}
     for remat in ('none', 'full', 'dots'):
-      _, compiled = _compile(arch, dtype, True, remat, FLAGS.mem_width)
+      compiled = _compile(arch, dtype, True, remat, FLAGS.mem_width)[-1]
       analysis = compiled.memory_analysis()
       temp[remat] = (
         None if analysis is None else int(analysis.temp_size_in_bytes)
