@@ -56,8 +56,8 @@ def _cached_model(mdef, base, lora):
   A scanned model can decode (`init_cache(..., stacked=True)`), but carrying
   the stacked cache through the layer scan copies each layer's cache slice
   in and out at every step: measured on SmolLM2-135M shapes (4 prompts,
-  64 new tokens, CPU), generation took ~150 s scanned vs ~85 s unrolled
-  (see notes/scan.md). These kernels therefore run the unrolled layout
+  64 new tokens, shared CPU at load ~24), generation took ~150 s scanned
+  vs ~85 s unrolled. These kernels therefore run the unrolled layout
   (same weights, same results); scoring kernels without a cache stay
   scanned.
   """
