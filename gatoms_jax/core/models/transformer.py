@@ -574,9 +574,7 @@ class Transformer(nnx.Module):
         graphdef, record, positions, valid, cache_index, taps, segment_ids, True
       )
       layer_type = self.config.layer_types[i]
-      probes = None
-      if taps is not None and taps.probes is not None:
-        probes = taps.probes
+      probes = None if taps is None else taps.probes
       layer_cache = None if cache is None else cache['layers'][i]
       x, c, rec = fn(
         state, x, layer_inputs_of(self.config, layer_type), probes, layer_cache
@@ -593,11 +591,12 @@ class Transformer(nnx.Module):
     """The layers as one `lax.scan` over stacked layer states.
 
     Every layer runs through layer 0's module (its graph), with its own
-    weights, window and RoPE table as scanned inputs, so the graph (and the
-    compile time) does not grow with depth. LoRA probes are stacked under
-    layer 0's module paths and the recorded inputs unstacked back to
-    `layers.{i}.…`, so taps keep their per-module names. A KV cache is kept
-    stacked (`init_cache(..., stacked=True)`) and updated in place.
+    weights, window and RoPE table as scanned inputs, so XLA compiles one
+    layer, not `num_layers` copies. LoRA probes are stacked under layer 0's
+    module paths and the recorded inputs unstacked back to `layers.{i}.…`,
+    so taps keep their per-module names. A KV cache is carried stacked
+    (`init_cache(..., stacked=True)`; slower to decode on CPU than the
+    unrolled layout, see `decode._cached_model`).
     """
     n = len(self.layers)
     splits = [nnx.split(layer) for layer in self.layers]
