@@ -38,6 +38,11 @@ def base_config() -> ml_collections.ConfigDict:
   # A config.PRESETS name giving the architecture where the files are absent
   # (experiments.plan); empty: read it from model.path.
   c.model.preset = ''
+  # Decoder layers as one lax.scan (compile time independent of depth) or a
+  # Python loop; remat: none | full | dots (keep weight-matmul outputs only;
+  # attention's T² probabilities are recomputed in the backward pass).
+  c.model.scan_layers = True
+  c.model.remat = 'dots'
 
   c.lora = ml_collections.ConfigDict()
   c.lora.rank = 8
@@ -245,6 +250,7 @@ class ConfigError(ValueError):
 
 _CHOICES = {
   'model.dtype': ('float32', 'bfloat16'),
+  'model.remat': ('none', 'full', 'dots'),
   'data.format': ('auto', 'chat', 'alpaca'),
   'data.truncation': ('keep_answers', 'right'),
   'gradients.storage_dtype': ('float32', 'bfloat16'),

@@ -16,7 +16,11 @@ from gatoms_jax.core import data as data_lib
 from gatoms_jax.core.data import tokenizer as tokenizer_lib
 from gatoms_jax.core.models import config as config_lib
 from gatoms_jax.core.models import convert
-from gatoms_jax.core.models.transformer import LoraConfig, Transformer
+from gatoms_jax.core.models.transformer import (
+  LoraConfig,
+  Transformer,
+  set_layer_execution,
+)
 
 
 def lora_config_from(config: Any) -> LoraConfig:
@@ -81,6 +85,11 @@ def load_model_and_tokenizer(
     model = Transformer(arch, lora=lora_config, dtype=dtype, rngs=nnx.Rngs(0))
   else:
     model = convert.load_model(path, lora=lora_config, dtype=dtype)
+  set_layer_execution(
+    model,
+    scan_layers=config.model.get('scan_layers', True),
+    remat=config.model.get('remat', 'dots'),
+  )
   return model, tokenizer
 
 

@@ -31,6 +31,9 @@ LoraTree = dict
 class ModelDef:
   """Static description of a split model (hashable; safe as a jit static).
 
+  Hashes and compares by value (graph definition, treedef and configs are all
+  value-hashable), so two splits of equal models share jit executables.
+
   Attributes:
     graphdef: the NNX graph definition.
     lora_treedef: treedef of the LoRA nnx.State (to rebuild it from a dict).
@@ -42,12 +45,6 @@ class ModelDef:
   lora_treedef: Any
   config: ModelConfig
   lora_config: Optional[LoraConfig]
-
-  def __hash__(self):
-    return id(self)
-
-  def __eq__(self, other):
-    return self is other
 
 
 def _key_str(k) -> str:

@@ -43,6 +43,13 @@ LORA_TARGETS = (
   'down_proj',
 )
 _MASK_VALUE = -1e30  # finite, so fully-masked (padding) rows stay NaN-free
+# Rematerialisation of a decoder layer in the backward pass:
+#   none: keep every intermediate (fastest backward, memory ∝ layers × T²);
+#   full: keep only each layer's input, recompute the whole layer;
+#   dots: keep the outputs of weight matmuls (dots without batch dims), so
+#     the backward recomputes only elementwise ops and attention; attention
+#     scores/probabilities (batched dots, b·h·T² each) are never kept.
+REMAT_POLICIES = ('none', 'full', 'dots')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -213,6 +220,34 @@ def rope_inv_freq(config: ModelConfig, layer_type: str) -> Array:
   raise ValueError(f'Unsupported rope scaling {scaling.kind!r}')
 
 
+def layer_inputs_of(config: ModelConfig, layer_type: str) -> dict:
+  """A layer's per-layer inputs: attention window (0: global) and RoPE table.
+
+  These are the only things that differ between layers besides weights, so
+  the scanned stack feeds them as scanned inputs instead of branching.
+  """
+  window = config.sliding_window if layer_type == 'sliding' else 0
+  return {
+    'window': jnp.asarray(window or 0, jnp.int32),
+    'inv_freq': rope_inv_freq(config, layer_type),
+  }
+
+
+def _remat(fn, remat: str, prevent_cse: bool = True):
+  """`fn` under the named rematerialisation policy (REMAT_POLICIES)."""
+  if remat == 'none':
+    return fn
+  if remat == 'full':
+    return jax.checkpoint(fn, prevent_cse=prevent_cse)
+  if remat == 'dots':
+    return jax.checkpoint(
+      fn,
+      prevent_cse=prevent_cse,
+      policy=jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+    )
+  raise ValueError(f'remat must be one of {REMAT_POLICIES}, got {remat!r}')
+
+
 def apply_rope(x: Array, positions: Array, inv_freq: Array) -> Array:
   """HF's rotate-half RoPE. x: b t n e, positions: b t."""
   freqs = positions[..., None].astype(jnp.float32) * inv_freq  # b t e/2
@@ -266,8 +301,19 @@ class Attention(nnx.Module):
       self.q_norm = self.k_norm = None
 
   def __call__(
-    self, x, positions, valid, cache, cache_index, taps, segment_ids=None
+    self,
+    x,
+    positions,
+    valid,
+    cache,
+    cache_index,
+    taps,
+    segment_ids=None,
+    layer_inputs=None,
   ):
+    """One attention block; `layer_inputs` (see `layer_inputs`) overrides
+    this layer's own window and RoPE table (the scanned stack runs every
+    layer through one template module and feeds them as scanned inputs)."""
     c = self.config
     b, t, _ = x.shape
     q = self.q_proj(x, taps).reshape(b, t, c.num_heads, c.head_dim)
@@ -275,7 +321,9 @@ class Attention(nnx.Module):
     v = self.v_proj(x, taps).reshape(b, t, c.num_kv_heads, c.head_dim)
     if self.q_norm is not None:
       q, k = self.q_norm(q), self.k_norm(k)
-    inv_freq = rope_inv_freq(c, self.layer_type)
+    if layer_inputs is None:
+      layer_inputs = layer_inputs_of(c, self.layer_type)
+    inv_freq = layer_inputs['inv_freq']
     q = apply_rope(q, positions, inv_freq)
     k = apply_rope(k, positions, inv_freq)
 
@@ -308,8 +356,10 @@ class Attention(nnx.Module):
     ]
     if segment_ids is not None:  # packed documents: no attention across them
       mask &= segment_ids[:, None, :] == segment_ids[:, :, None]
-    if self.layer_type == 'sliding' and c.sliding_window:
-      mask &= key_pos[:, None, :] > positions[:, :, None] - c.sliding_window
+    window = layer_inputs['window']  # 0: global attention
+    mask &= (window == 0) | (
+      key_pos[:, None, :] > positions[:, :, None] - window
+    )
     g = c.num_heads // c.num_kv_heads
     q = q.reshape(b, t, c.num_kv_heads, g, c.head_dim)
     if t == 1:
@@ -374,7 +424,15 @@ class DecoderLayer(nnx.Module):
     self.mlp = MLP(c, layer, lora, dtype, rngs)
 
   def __call__(
-    self, x, positions, valid, cache, cache_index, taps, segment_ids=None
+    self,
+    x,
+    positions,
+    valid,
+    cache,
+    cache_index,
+    taps,
+    segment_ids=None,
+    layer_inputs=None,
   ):
     h, new_cache = self.self_attn(
       self.input_layernorm(x),
@@ -384,6 +442,7 @@ class DecoderLayer(nnx.Module):
       cache_index,
       taps,
       segment_ids,
+      layer_inputs,
     )
     if self.sandwich:
       x = x + self.post_attention_layernorm(h)
@@ -403,10 +462,13 @@ class Transformer(nnx.Module):
     lora: Optional[LoraConfig] = None,
     dtype: Any = jnp.float32,
     rngs: nnx.Rngs,
+    scan_layers: bool = True,
+    remat: str = 'dots',
   ):
     c = config
     self.config = c
     self.lora_config = lora
+    set_layer_execution(self, scan_layers=scan_layers, remat=remat)
     self.embed_tokens = nnx.Param(
       jax.random.normal(rngs.params(), (c.vocab_size, c.hidden_size), dtype)
       * 0.02
@@ -456,15 +518,142 @@ class Transformer(nnx.Module):
     if valid is None:
       valid = jnp.ones((b, t), bool)
     x = self.embed(tokens)
+    run = self._scanned if self.scan_layers else self._unrolled
+    x, new_cache = run(
+      x, positions, valid, cache, cache_index, taps, segment_ids
+    )
+    return self.norm(x), new_cache
+
+  def _layer_fn(
+    self,
+    graphdef,
+    record,
+    positions,
+    valid,
+    cache_index,
+    taps,
+    segment_ids,
+    prevent_cse,
+  ):
+    """A pure function (state, x, layer_inputs, probes, cache) → (x, cache,
+    record) of one layer, under the remat policy.
+
+    Pure (no writes into `taps`), so that it can run under jax.checkpoint and
+    lax.scan: the inputs the layer's LoRA matrices saw come back as outputs.
+    """
+    weights = None if taps is None else taps.adapter_weights
+
+    def fn(state, x, layer_inputs, probes, cache):
+      layer = nnx.merge(graphdef, state)
+      layer_taps = None
+      if probes is not None or record or weights is not None:
+        layer_taps = LoraTaps(probes, record, weights)
+      x, new_cache = layer(
+        x,
+        positions,
+        valid,
+        cache,
+        cache_index,
+        layer_taps,
+        segment_ids,
+        layer_inputs,
+      )
+      return x, new_cache, (layer_taps.record if record else None)
+
+    return _remat(fn, self.remat, prevent_cse)
+
+  def _unrolled(
+    self, x, positions, valid, cache, cache_index, taps, segment_ids
+  ):
+    """The layers one after another (a Python loop: one graph per layer)."""
+    record = taps is not None and taps.record is not None
     new_cache = None if cache is None else {'layers': []}
     for i, layer in enumerate(self.layers):
-      layer_cache = None if cache is None else cache['layers'][i]
-      x, c = layer(
-        x, positions, valid, layer_cache, cache_index, taps, segment_ids
+      graphdef, state = nnx.split(layer)
+      fn = self._layer_fn(
+        graphdef, record, positions, valid, cache_index, taps, segment_ids, True
       )
+      layer_type = self.config.layer_types[i]
+      probes = None if taps is None else taps.probes
+      layer_cache = None if cache is None else cache['layers'][i]
+      x, c, rec = fn(
+        state, x, layer_inputs_of(self.config, layer_type), probes, layer_cache
+      )
+      if record:
+        taps.record.update(rec)
       if cache is not None:
         new_cache['layers'].append(c)
-    return self.norm(x), new_cache
+    return x, new_cache
+
+  def _scanned(
+    self, x, positions, valid, cache, cache_index, taps, segment_ids
+  ):
+    """The layers as one `lax.scan` over stacked layer states.
+
+    Every layer runs through layer 0's module (its graph), with its own
+    weights, window and RoPE table as scanned inputs, so XLA compiles one
+    layer, not `num_layers` copies. LoRA probes are stacked under layer 0's
+    module paths and the recorded inputs unstacked back to `layers.{i}.…`,
+    so taps keep their per-module names. A KV cache is carried stacked
+    (`init_cache(..., stacked=True)`; slower to decode on CPU than the
+    unrolled layout, see `decode._cached_model`).
+    """
+    n = len(self.layers)
+    splits = [nnx.split(layer) for layer in self.layers]
+    graphdef = splits[0][0]
+    # Same module tree in every layer (only static window/RoPE differ, fed
+    # below); tree.map raises if the states' structures differ.
+    states = jax.tree.map(lambda *xs: jnp.stack(xs), *[s for _, s in splits])
+    per_layer = [
+      layer_inputs_of(self.config, t) for t in self.config.layer_types
+    ]
+    layer_inputs = jax.tree.map(lambda *xs: jnp.stack(xs), *per_layer)
+    record = taps is not None and taps.record is not None
+    probes = None
+    prefix = 'layers.0.'
+    if taps is not None and taps.probes is not None:
+      names = [k[len(prefix) :] for k in taps.probes if k.startswith(prefix)]
+      probes = {
+        prefix + name: jax.tree.map(
+          lambda *xs: jnp.stack(xs),
+          *[taps.probes[f'layers.{i}.{name}'] for i in range(n)],
+        )
+        for name in names
+      }
+    unstack_cache = cache is not None and isinstance(cache['layers'], list)
+    if unstack_cache:  # a per-layer cache from an unrolled caller: one copy
+      cache = stack_cache(cache)
+    stacked_cache = None if cache is None else cache['layers']
+    fn = self._layer_fn(
+      graphdef, record, positions, valid, cache_index, taps, segment_ids, False
+    )
+
+    def body(carry, xs):
+      x, all_cache = carry
+      state, inputs, layer_probes, i = xs
+      layer_cache = None
+      if all_cache is not None:
+        layer_cache = jax.tree.map(lambda a: a[i], all_cache)
+      x, new_layer_cache, rec = fn(state, x, inputs, layer_probes, layer_cache)
+      if all_cache is not None:
+        all_cache = jax.tree.map(
+          lambda a, u: jax.lax.dynamic_update_index_in_dim(a, u, i, 0),
+          all_cache,
+          new_layer_cache,
+        )
+      return (x, all_cache), rec
+
+    xs = (states, layer_inputs, probes, jnp.arange(n))
+    (x, stacked_cache), recs = jax.lax.scan(body, (x, stacked_cache), xs)
+    if record:
+      for name, rec in recs.items():
+        rest = name[len(prefix) :]
+        for i in range(n):
+          taps.record[f'layers.{i}.{rest}'] = jax.tree.map(lambda a: a[i], rec)
+    new_cache = None if cache is None else {'layers': stacked_cache}
+    if unstack_cache:
+      new_cache = unstack_cache_layers(new_cache)
+    return x, new_cache
 
   def logits(self, hidden: Array) -> Array:
     """LM head on any array of hidden states (..., d) → (..., v) in fp32."""
@@ -481,10 +670,36 @@ class Transformer(nnx.Module):
     return logits if kwargs.get('cache') is None else (logits, cache)
 
 
+def set_layer_execution(
+  model: 'Transformer', *, scan_layers: bool, remat: str
+) -> None:
+  """How `model` runs its layers: one scanned stack or unrolled, and the
+  rematerialisation policy of each layer (REMAT_POLICIES).
+
+  Both are static (part of the graph definition, so of `lora.ModelDef`):
+  they change the compiled program, never the parameters or the results
+  beyond float rounding.
+  """
+  if remat not in REMAT_POLICIES:
+    raise ValueError(f'remat must be one of {REMAT_POLICIES}, got {remat!r}')
+  model.scan_layers = bool(scan_layers)
+  model.remat = remat
+
+
 def init_cache(
-  config: ModelConfig, batch: int, max_len: int, dtype: Any = jnp.float32
+  config: ModelConfig,
+  batch: int,
+  max_len: int,
+  dtype: Any = jnp.float32,
+  *,
+  stacked: bool = False,
 ) -> dict:
-  """An empty KV cache: every slot invalid."""
+  """An empty KV cache: every slot invalid.
+
+  Layout: {'layers': [per-layer {'k', 'v': b k s e, 'pos', 'valid': b s}]};
+  `stacked=True` (for a scanned model) gives the same arrays stacked on a
+  leading layer axis, {'layers': {'k': L b k s e, ...}}.
+  """
   shape = (batch, config.num_kv_heads, max_len, config.head_dim)  # b k s e
   layers = [
     {
@@ -495,4 +710,29 @@ def init_cache(
     }
     for _ in range(config.num_layers)
   ]
-  return {'layers': layers}
+  cache = {'layers': layers}
+  return stack_cache(cache) if stacked else cache
+
+
+def stack_cache(cache: dict) -> dict:
+  """A per-layer KV cache → the stacked layout (leading layer axis)."""
+  layers = cache['layers']
+  if not isinstance(layers, list):
+    return cache
+  return {'layers': jax.tree.map(lambda *xs: jnp.stack(xs), *layers)}
+
+
+def unstack_cache_layers(cache: dict) -> dict:
+  """A stacked KV cache → the per-layer layout."""
+  layers = cache['layers']
+  if isinstance(layers, list):
+    return cache
+  n = layers['k'].shape[0]
+  return {'layers': [jax.tree.map(lambda a: a[i], layers) for i in range(n)]}
+
+
+def cache_slots(cache: dict) -> int:
+  """Number of slots (s) of a KV cache in either layout."""
+  layers = cache['layers']
+  k = layers[0]['k'] if isinstance(layers, list) else layers['k']
+  return k.shape[-2]
