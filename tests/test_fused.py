@@ -1,5 +1,6 @@
 """Tests for gatoms_jax.method.fused: gradients and factors in one pass."""
 
+import os
 import tempfile
 
 import jax
@@ -122,3 +123,53 @@ class FusedTest(absltest.TestCase):
 
 if __name__ == '__main__':
   absltest.main()
+
+
+class PipelineFusedTest(absltest.TestCase):
+  def test_curvature_artefacts_equal_with_and_without_fusion(self):
+    from gatoms_jax import pipeline
+    from gatoms_jax.pipeline import manifest
+    import test_pipeline
+    import tiny_tokenizer
+
+    with tempfile.TemporaryDirectory() as tmp:
+      tok = tiny_tokenizer.save(os.path.join(tmp, 'tok'))
+      config = test_pipeline.tiny_config(os.path.join(tmp, 'results'), tok)
+      config.curvature.fisher = 'empirical'
+      # Smaller than test_pipeline's run: only three stages are compared.
+      config.data.n_docs = 24
+      config.finetune.steps = 2
+      config.finetune.checkpoint_every = 2
+      config.finetune.eval_every = 2
+      stages = 'finetune,gradients,curvature'
+      done = pipeline.run(config, stages)
+      run_dir = os.path.join(tmp, 'results', 'tiny')
+      self.assertTrue(done['gradients']['results']['fused_factors'])
+      self.assertTrue(done['curvature']['results']['fused_factor_pass'])
+      fused_factors = curvature.Factors.load(os.path.join(run_dir, 'curvature'))
+
+      config.curvature.fused = False  # reruns curvature only, separately
+      done = pipeline.run(config, stages)
+      self.assertFalse(done['curvature']['results']['fused_factor_pass'])
+      separate = curvature.Factors.load(os.path.join(run_dir, 'curvature'))
+      self.assertTrue(
+        manifest.is_complete(
+          os.path.join(run_dir, 'curvature'),
+          manifest.stage_keys(config)['curvature'],
+        )
+      )
+    self.assertEqual(fused_factors.n_tokens, separate.n_tokens)
+    self.assertEqual(fused_factors.n_corrected_docs, separate.n_corrected_docs)
+    for leaf in separate.modules:
+      # fp32 round-off of two summation orders (see FusedTest); the
+      # corrected eigenvalues then agree to eigensolver accuracy.
+      self.assertLess(
+        _mat_rel(fused_factors.a_cov[leaf], separate.a_cov[leaf]), 1e-5
+      )
+      self.assertLess(
+        _mat_rel(fused_factors.s_cov[leaf], separate.s_cov[leaf]), 1e-5
+      )
+      self.assertLess(
+        _mat_rel(fused_factors.corrected[leaf], separate.corrected[leaf]),
+        1e-3,
+      )
