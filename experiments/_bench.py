@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 from typing import Mapping, Optional
 
+import numpy as np
 from absl import flags
 
 DEFAULT_MAX_LOAD = 1.5
@@ -98,3 +99,34 @@ def finish_from_flags(
     max_load=fl.max_load,
     allow_noisy=fl.allow_noisy,
   )
+
+
+def torch_doc_loop(model, order, docs, autocast: bool = False):
+  """The reference per-document gradient loop (the seed pipeline's): one
+  document at a time at its own length, rows in our layout (LoRA weights
+  transposed, `order` = torch parameter names in our leaf order); `autocast` runs
+  the forward (and so the backward) under torch.autocast bf16 on CPU."""
+  import contextlib
+
+  import torch
+
+  params = dict(model.named_parameters())
+  plist = [params[n] for n in order]
+  rows = []
+  ctx = (
+    (lambda: torch.autocast('cpu', dtype=torch.bfloat16))
+    if autocast
+    else contextlib.nullcontext
+  )
+  for doc in docs:
+    ids = torch.from_numpy(doc.tokens.astype(np.int64))[None]
+    mask = torch.from_numpy(doc.loss_mask[1:])
+    with ctx():
+      logits = model(input_ids=ids).logits[0, :-1].float()
+    nll = torch.nn.functional.cross_entropy(
+      logits, ids[0, 1:], reduction='none'
+    )
+    loss = (nll * mask).sum()
+    grads = torch.autograd.grad(loss, plist)
+    rows.append(torch.cat([g.float().T.reshape(-1) for g in grads]).numpy())
+  return np.stack(rows)

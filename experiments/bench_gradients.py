@@ -280,33 +280,7 @@ def load_torch(lora_tree):
   return model, order
 
 
-def torch_loop(model, order, docs, autocast: bool = False):
-  """Reference: one document at a time at its own length; `autocast` runs
-  the forward (and so the backward) under torch.autocast bf16 on CPU."""
-  import contextlib
-
-  import torch
-
-  params = dict(model.named_parameters())
-  plist = [params[n] for n in order]
-  rows = []
-  ctx = (
-    (lambda: torch.autocast('cpu', dtype=torch.bfloat16))
-    if autocast
-    else contextlib.nullcontext
-  )
-  for doc in docs:
-    ids = torch.from_numpy(doc.tokens.astype(np.int64))[None]
-    mask = torch.from_numpy(doc.loss_mask[1:])
-    with ctx():
-      logits = model(input_ids=ids).logits[0, :-1].float()
-    nll = torch.nn.functional.cross_entropy(
-      logits, ids[0, 1:], reduction='none'
-    )
-    loss = (nll * mask).sum()
-    grads = torch.autograd.grad(loss, plist)
-    rows.append(torch.cat([g.float().T.reshape(-1) for g in grads]).numpy())
-  return np.stack(rows)
+torch_loop = _bench.torch_doc_loop
 
 
 def make_torch_vmap(model, order, batch):
