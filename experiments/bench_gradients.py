@@ -91,6 +91,9 @@ flags.DEFINE_bool(
 )
 
 flags.DEFINE_list(
+  'matmul_sizes', ['1024', '2048', '4096'], 'Square matmuls for the rates.'
+)
+flags.DEFINE_list(
   'precisions',
   ['float32', 'bfloat16'],
   'Compared at equal precision: float32 (jax fp32 vs torch fp32) and '
@@ -193,22 +196,28 @@ def useful_flops(config, n_in: int, n_loss: int) -> float:
   return float(forward + backward)
 
 
-def matmul_gflops() -> dict:
-  """Best fp32 square-matmul rate of jnp and torch (GFLOP/s)."""
+def matmul_gflops(sizes, bf16: bool = False) -> dict:
+  """Best square-matmul rate of jnp and torch (GFLOP/s): fp32, or bf16
+  inputs with fp32 accumulation (jax: preferred_element_type; torch: its
+  bf16 matmul, which accumulates in fp32)."""
   import jax
   import jax.numpy as jnp
   import torch
 
   best = {}
-  for n in (1024, 2048, 4096):
+  for n in sizes:
     a = jnp.asarray(
       np.random.default_rng(0).standard_normal((n, n), np.float32)
     )
-    mm = jax.jit(lambda x: x @ x)
+    ta = torch.from_numpy(np.asarray(a))
+    if bf16:
+      a, ta = a.astype(jnp.bfloat16), ta.to(torch.bfloat16)
+      mm = jax.jit(lambda x: jnp.dot(x, x, preferred_element_type=jnp.float32))
+    else:
+      mm = jax.jit(lambda x: x @ x)
     mm(a).block_until_ready()
     t = min(_timed(lambda: mm(a).block_until_ready()) for _ in range(4))
     best[f'jax_{n}'] = 2 * n**3 / t / 1e9
-    ta = torch.from_numpy(np.asarray(a))
     ta @ ta
     t = min(_timed(lambda: ta @ ta) for _ in range(4))
     best[f'torch_{n}'] = 2 * n**3 / t / 1e9
@@ -351,9 +360,14 @@ def main(argv):
   unknown = set(precisions) - set(REL_ERR_BOUND)
   if unknown:
     raise app.UsageError(f'unknown precisions {sorted(unknown)}')
-  rates = matmul_gflops()
+  sizes = [int(n) for n in FLAGS.matmul_sizes]
+  rates = matmul_gflops(sizes)
   out['matmul_gflops'] = max(rates.values())
   out['matmul_rates'] = {k: round(v, 1) for k, v in rates.items()}
+  if 'bfloat16' in precisions:
+    rates = matmul_gflops(sizes, bf16=True)
+    out['matmul_gflops_bf16'] = max(rates.values())
+    out['matmul_rates_bf16'] = {k: round(v, 1) for k, v in rates.items()}
 
   mdef, base, lora = load_jax(FLAGS.seed, FLAGS.b_std)
   kw = {'method': FLAGS.method}
@@ -435,6 +449,13 @@ def main(argv):
     out[f'{name}_docs_per_s'] = n / med[name]
   # The reference rows: torch's fp32 loop (else jax fp32).
   ref = results.get('torch_loop', results.get('jax'))
+  out['rel_err_reference'] = (
+    'torch_loop'
+    if 'torch_loop' in results
+    else 'jax'
+    if ref is not None
+    else None
+  )
 
   def rel_errs(rows):
     return np.linalg.norm(rows - ref, axis=1) / np.linalg.norm(ref, axis=1)
@@ -472,6 +493,10 @@ def main(argv):
       out[f'{name}_useful_gflops'] = flops / med[name] / 1e9
   if 'jax' in med:  # against the fp32 matmul rate
     out['flop_efficiency'] = out['jax_useful_gflops'] / out['matmul_gflops']
+  if 'jax_bf16' in med:  # against the bf16 (fp32-accumulating) rate
+    out['flop_efficiency_bf16'] = (
+      out['jax_bf16_useful_gflops'] / out['matmul_gflops_bf16']
+    )
   if 'torch_loop' in med:
     out['torch_loop_flop_efficiency'] = (
       flops / med['torch_loop'] / 1e9 / out['matmul_gflops']
