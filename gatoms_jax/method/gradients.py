@@ -49,7 +49,11 @@ What remains on CPU is XLA:CPU itself: the matmuls (~55 % of op time) run at
 ~60–70 % of the machine's square-matmul rate at these shapes (512×576×1536),
 and attention, norms, SiLU and the softmaxes (~40 %) are memory-bound; no
 XLA:CPU option tried (fast math, Eigen/oneDNN/XNNPACK dots, YNNPACK
-element-wise fusions) helped. On accelerators use compute_dtype='bfloat16'.
+element-wise fusions) helped. compute_dtype='bfloat16' runs the dense,
+LoRA and LM-head matmuls as bf16×bf16 dots with fp32 accumulation
+(core/models/mixed.py; a plain bf16 `x @ w` is compiled by XLA:CPU as an fp32
+dot plus converts); the default stays fp32 until bf16 is measured on a quiet
+machine (/work/notes/peers.md).
 
 Rows are streamed into a `GradientStore` chunk by chunk; a killed extraction
 resumes from the last committed chunk.
