@@ -53,7 +53,7 @@ element-wise fusions) helped. compute_dtype='bfloat16' runs the dense,
 LoRA and LM-head matmuls as bf16×bf16 dots with fp32 accumulation
 (core/models/mixed.py; a plain bf16 `x @ w` is compiled by XLA:CPU as an fp32
 dot plus converts); the default stays fp32 until bf16 is measured on a quiet
-machine (/work/notes/peers.md).
+machine (experiments/bench_gradients.py).
 
 Rows are streamed into a `GradientStore` chunk by chunk; a killed extraction
 resumes from the last committed chunk.
