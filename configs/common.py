@@ -106,6 +106,11 @@ def base_config() -> ml_collections.ConfigDict:
   # Positions whose outputs enter the factors: 'loss' (assistant tokens, the
   # positions that carry a loss) | 'all'.
   c.curvature.token_scope = 'loss'
+  # One pass over the data: the gradients stage also sums the Kronecker
+  # factors (method/fused.py). Used only where it is exact (empirical Fisher,
+  # 'loss' scope, all docs, gradients.compute_dtype == model.dtype, one
+  # process); otherwise the curvature stage runs its own factor pass.
+  c.curvature.fused = True
 
   c.projection = ml_collections.ConfigDict()
   c.projection.top_k = 50  # eigencomponents kept per LoRA matrix

@@ -35,6 +35,7 @@ import numpy as np
 from absl import app, flags, logging
 
 from configs import common
+from experiments import _bench
 from gatoms_jax.method import dictionary, lasso
 
 FLAGS = flags.FLAGS
@@ -166,8 +167,9 @@ def main(argv):
   alpha = float(FLAGS.alpha)
   out = dict(n_rows=X.shape[0], dim=X.shape[1], n_atoms=FLAGS.n_atoms)
   out['alpha'] = alpha
-  # Other jobs share this machine: record the load next to the timings.
-  out['loadavg_1m_start'] = os.getloadavg()[0]
+  # Other jobs share this machine: the load goes next to the timings, and a
+  # noisy run reports no ratio (experiments/_bench.py).
+  load_start = _bench.load_average()
 
   if planted is not None:
     # Reference: the planted directions as a dictionary, codes solved to 1e-7.
@@ -207,7 +209,6 @@ def main(argv):
     jax_iters=len(hist),
     jax_config={k: cfg[k] for k in cfg},
   )
-  out['loadavg_1m_end'] = os.getloadavg()[0]
   if sk_obj is not None:
     hit = next((h for h in hist if h['objective'] <= sk_obj), None)
     # Never reached within the run: fall back to the final pair if it beats
@@ -219,10 +220,10 @@ def main(argv):
       out['jax_s'], out['jax_s_iter'] = res.seconds, 'final'
     else:
       out['jax_s'], out['jax_s_iter'] = None, None
-    if out['jax_s'] and 'sklearn_s' in out:
-      out['speedup_vs_sklearn'] = out['sklearn_s'] / out['jax_s']
-    else:
-      out['speedup_vs_sklearn'] = None
+  speedup = None
+  if out.get('jax_s') and 'sklearn_s' in out:
+    speedup = out['sklearn_s'] / out['jax_s']
+  _bench.finish_from_flags(out, {'speedup_vs_sklearn': speedup}, load_start)
   print(json.dumps(out))
 
 

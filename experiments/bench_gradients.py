@@ -52,6 +52,7 @@ JSON object.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import resource
@@ -66,6 +67,8 @@ if __package__ in (None, ''):  # run as a script: make `gatoms_jax` importable
 
 import numpy as np
 from absl import app, flags, logging
+
+from experiments import _bench
 
 FLAGS = flags.FLAGS
 flags.DEFINE_integer('n_docs', 32, 'Documents.')
@@ -87,8 +90,23 @@ flags.DEFINE_bool(
   'badly when other processes share the cores.',
 )
 
+flags.DEFINE_list(
+  'matmul_sizes', ['1024', '2048', '4096'], 'Square matmuls for the rates.'
+)
+flags.DEFINE_list(
+  'precisions',
+  ['float32', 'bfloat16'],
+  'Compared at equal precision: float32 (jax fp32 vs torch fp32) and '
+  'bfloat16 (jax bf16 compute with fp32 accumulation vs torch autocast bf16).',
+)
+
 TARGETS = ('q_proj', 'v_proj')
 RANK, ALPHA = 8, 16.0
+# Per-document relative L2 error vs the torch fp32 loop that each precision
+# must stay within: fp32 differs by summation order only (observed ~1e-5);
+# bf16 keeps 8 significant bits, and over 30 layers the rows drift by a few
+# % (the project's bf16 contract, tests/test_mixed.py).
+REL_ERR_BOUND = {'float32': 1e-3, 'bfloat16': 0.25}
 
 
 # ---------------------------------------------------------------------------
@@ -178,22 +196,28 @@ def useful_flops(config, n_in: int, n_loss: int) -> float:
   return float(forward + backward)
 
 
-def matmul_gflops() -> dict:
-  """Best fp32 square-matmul rate of jnp and torch (GFLOP/s)."""
+def matmul_gflops(sizes, bf16: bool = False) -> dict:
+  """Best square-matmul rate of jnp and torch (GFLOP/s): fp32, or bf16
+  inputs with fp32 accumulation (jax: preferred_element_type; torch: its
+  bf16 matmul, which accumulates in fp32)."""
   import jax
   import jax.numpy as jnp
   import torch
 
   best = {}
-  for n in (1024, 2048, 4096):
+  for n in sizes:
     a = jnp.asarray(
       np.random.default_rng(0).standard_normal((n, n), np.float32)
     )
-    mm = jax.jit(lambda x: x @ x)
+    ta = torch.from_numpy(np.asarray(a))
+    if bf16:
+      a, ta = a.astype(jnp.bfloat16), ta.to(torch.bfloat16)
+      mm = jax.jit(lambda x: jnp.dot(x, x, preferred_element_type=jnp.float32))
+    else:
+      mm = jax.jit(lambda x: x @ x)
     mm(a).block_until_ready()
     t = min(_timed(lambda: mm(a).block_until_ready()) for _ in range(4))
     best[f'jax_{n}'] = 2 * n**3 / t / 1e9
-    ta = torch.from_numpy(np.asarray(a))
     ta @ ta
     t = min(_timed(lambda: ta @ ta) for _ in range(4))
     best[f'torch_{n}'] = 2 * n**3 / t / 1e9
@@ -265,24 +289,7 @@ def load_torch(lora_tree):
   return model, order
 
 
-def torch_loop(model, order, docs):
-  """Reference: one document at a time at its own length."""
-  import torch
-
-  params = dict(model.named_parameters())
-  plist = [params[n] for n in order]
-  rows = []
-  for doc in docs:
-    ids = torch.from_numpy(doc.tokens.astype(np.int64))[None]
-    mask = torch.from_numpy(doc.loss_mask[1:])
-    logits = model(input_ids=ids).logits[0, :-1]
-    nll = torch.nn.functional.cross_entropy(
-      logits, ids[0, 1:], reduction='none'
-    )
-    loss = (nll * mask).sum()
-    grads = torch.autograd.grad(loss, plist)
-    rows.append(torch.cat([g.T.reshape(-1) for g in grads]).numpy())
-  return np.stack(rows)
+torch_loop = _bench.torch_doc_loop
 
 
 def make_torch_vmap(model, order, batch):
@@ -347,10 +354,20 @@ def main(argv):
   n_loss = np.array([int(d.loss_mask[1:].sum()) for d in docs])
   logging.info('documents: %s; lengths %s', source, lengths.tolist())
 
-  out = {'load_avg_1min_start': os.getloadavg()[0]}
-  rates = matmul_gflops()
+  load_start = _bench.load_average()
+  out = {}
+  precisions = list(FLAGS.precisions)
+  unknown = set(precisions) - set(REL_ERR_BOUND)
+  if unknown:
+    raise app.UsageError(f'unknown precisions {sorted(unknown)}')
+  sizes = [int(n) for n in FLAGS.matmul_sizes]
+  rates = matmul_gflops(sizes)
   out['matmul_gflops'] = max(rates.values())
   out['matmul_rates'] = {k: round(v, 1) for k, v in rates.items()}
+  if 'bfloat16' in precisions:
+    rates = matmul_gflops(sizes, bf16=True)
+    out['matmul_gflops_bf16'] = max(rates.values())
+    out['matmul_rates_bf16'] = {k: round(v, 1) for k, v in rates.items()}
 
   mdef, base, lora = load_jax(FLAGS.seed, FLAGS.b_std)
   kw = {'method': FLAGS.method}
@@ -358,25 +375,38 @@ def main(argv):
     kw['tokens_per_slab'] = FLAGS.tokens_per_slab
   if FLAGS.slabs_per_call:
     kw['slabs_per_call'] = FLAGS.slabs_per_call
-  extractor = grads.GradientExtractor(mdef, base, lora, **kw)
+  suffix = {'float32': '', 'bfloat16': '_bf16'}
+  extractors, runners, warm = {}, {}, {}
+  for precision in precisions:
+    extractor = grads.GradientExtractor(
+      mdef, base, lora, compute_dtype=precision, **kw
+    )
+    extractors[precision] = extractor
 
-  def jax_pass():
-    calls, _ = extractor.plan(docs)
-    rows = np.zeros((len(docs), extractor.dim), np.float32)
-    for call in calls:
-      index, r = extractor.run(call)
-      rows[index] = r
-    return rows
+    def jax_pass(extractor=extractor):
+      calls, _ = extractor.plan(docs)
+      rows = np.zeros((len(docs), extractor.dim), np.float32)
+      for call in calls:
+        index, r = extractor.run(call)
+        rows[index] = r
+      return rows
 
-  warm = _timed(jax_pass)
-  logging.info('jax warm-up pass (with compilation) %.1fs', warm)
+    name = 'jax' + suffix[precision]
+    warm[name] = _timed(jax_pass)
+    logging.info('%s warm-up pass (with compilation) %.1fs', name, warm[name])
+    runners[name] = jax_pass
+  extractor = next(iter(extractors.values()))
 
-  runners = {'jax': jax_pass}
   if not FLAGS.skip_torch:
     model, order = load_torch(lora)
     threads = torch.get_num_threads()
-    runners['torch_loop'] = lambda: torch_loop(model, order, docs)
-    torch_loop(model, order, docs[:1])  # warm-up
+    for precision in precisions:
+      bf16 = precision == 'bfloat16'
+      name = 'torch_loop' + suffix[precision]
+      runners[name] = functools.partial(
+        torch_loop, model, order, docs, autocast=bf16
+      )
+      torch_loop(model, order, docs[:1], autocast=bf16)  # warm-up
     if FLAGS.torch_1thread and threads > 1:
 
       def one_thread():
@@ -410,34 +440,45 @@ def main(argv):
         cpu[name][-1],
       )
   med = {k: statistics.median(v) for k, v in times.items()}
-  jax_steady = med['jax']
-  out['jax_compile_s'] = round(max(warm - jax_steady, 0.0), 2)
+  for name, w in warm.items():
+    out[f'{name}_compile_s'] = round(max(w - med[name], 0.0), 2)
 
   n = len(docs)
-  out['jax_docs_per_s'] = n / med['jax']
-  out['torch_loop_docs_per_s'] = (
-    n / med['torch_loop'] if 'torch_loop' in med else None
+  ratios = {}
+  for name in runners:
+    out[f'{name}_docs_per_s'] = n / med[name]
+  # The reference rows: torch's fp32 loop (else jax fp32).
+  ref = results.get('torch_loop', results.get('jax'))
+  out['rel_err_reference'] = (
+    'torch_loop'
+    if 'torch_loop' in results
+    else 'jax'
+    if ref is not None
+    else None
   )
-  out['torch_vmap_docs_per_s'] = (
-    n / med['torch_vmap'] if 'torch_vmap' in med else None
-  )
-  if out['torch_loop_docs_per_s']:
-    out['speedup_vs_torch_loop'] = (
-      out['jax_docs_per_s'] / out['torch_loop_docs_per_s']
+
+  def rel_errs(rows):
+    return np.linalg.norm(rows - ref, axis=1) / np.linalg.norm(ref, axis=1)
+
+  for precision in precisions:
+    s = suffix[precision]
+    jax_name, torch_name = 'jax' + s, 'torch_loop' + s
+    ratios['speedup_vs_torch_loop' + s] = (
+      med[torch_name] / med[jax_name] if torch_name in med else None
     )
-    ref = results['torch_loop']
-    err = np.linalg.norm(results['jax'] - ref, axis=1) / np.linalg.norm(
-      ref, axis=1
-    )
-    out['max_rel_err'] = float(err.max())
-    out['median_rel_err'] = float(np.median(err))
-    if 'torch_vmap' in results:
-      verr = np.linalg.norm(results['torch_vmap'] - ref, axis=1)
-      out['torch_vmap_max_rel_err'] = float(
-        (verr / np.linalg.norm(ref, axis=1)).max()
-      )
-  else:
-    out['speedup_vs_torch_loop'] = out['max_rel_err'] = None
+    if ref is not None and results[jax_name] is not ref:
+      err = rel_errs(results[jax_name])
+      out['max_rel_err' + s] = float(err.max())
+      out['median_rel_err' + s] = float(np.median(err))
+      out['rel_err_bound' + s] = REL_ERR_BOUND[precision]
+      out['within_bound' + s] = bool(err.max() <= REL_ERR_BOUND[precision])
+    if torch_name in results and results[torch_name] is not ref:
+      out['torch_max_rel_err' + s] = float(rel_errs(results[torch_name]).max())
+  if 'jax' in med and 'jax_bf16' in med:
+    ratios['jax_bf16_speedup_over_fp32'] = med['jax'] / med['jax_bf16']
+  if 'torch_vmap' in results and 'jax' in med:
+    ratios['speedup_vs_torch_vmap'] = med['torch_vmap'] / med['jax']
+    out['torch_vmap_max_rel_err'] = float(rel_errs(results['torch_vmap']).max())
 
   config = mdef.config
   n_in = np.array(
@@ -447,15 +488,22 @@ def main(argv):
     useful_flops(config, int(a), int(c)) for a, c in zip(n_in, n_loss)
   )
   out['useful_gflop_per_pass'] = flops / 1e9
-  out['jax_useful_gflops'] = flops / med['jax'] / 1e9
-  out['flop_efficiency'] = out['jax_useful_gflops'] / out['matmul_gflops']
+  for name in ('jax', 'jax_bf16'):
+    if name in med:
+      out[f'{name}_useful_gflops'] = flops / med[name] / 1e9
+  if 'jax' in med:  # against the fp32 matmul rate
+    out['flop_efficiency'] = out['jax_useful_gflops'] / out['matmul_gflops']
+  if 'jax_bf16' in med:  # against the bf16 (fp32-accumulating) rate
+    out['flop_efficiency_bf16'] = (
+      out['jax_bf16_useful_gflops'] / out['matmul_gflops_bf16']
+    )
   if 'torch_loop' in med:
     out['torch_loop_flop_efficiency'] = (
       flops / med['torch_loop'] / 1e9 / out['matmul_gflops']
     )
-  if 'torch_loop_1thread' in med:
+  if 'torch_loop_1thread' in med and 'jax' in med:
     out['torch_loop_1thread_docs_per_s'] = n / med['torch_loop_1thread']
-    out['speedup_vs_torch_loop_1thread'] = (
+    ratios['speedup_vs_torch_loop_1thread'] = (
       med['torch_loop_1thread'] / med['jax']
     )
   # Contention-robust: useful work per CPU-second each method consumed.
@@ -467,7 +515,6 @@ def main(argv):
   out['cpu_seconds_median'] = {
     k: round(statistics.median(v), 3) for k, v in cpu.items()
   }
-  out['load_avg_1min_end'] = os.getloadavg()[0]
   out['n_docs'] = n
   out['doc_tokens'] = {
     'min': int(lengths.min()),
@@ -485,8 +532,9 @@ def main(argv):
     'compiled_shapes': extractor.n_compiled_shapes,
     'devices': extractor.n_devices,
   }
+  out['precisions'] = precisions
   out['torch_threads'] = torch.get_num_threads()
-  out['cpu_count'] = os.cpu_count()
+  _bench.finish_from_flags(out, ratios, load_start)
   print(json.dumps(out))
 
 

@@ -49,7 +49,11 @@ What remains on CPU is XLA:CPU itself: the matmuls (~55 % of op time) run at
 ~60–70 % of the machine's square-matmul rate at these shapes (512×576×1536),
 and attention, norms, SiLU and the softmaxes (~40 %) are memory-bound; no
 XLA:CPU option tried (fast math, Eigen/oneDNN/XNNPACK dots, YNNPACK
-element-wise fusions) helped. On accelerators use compute_dtype='bfloat16'.
+element-wise fusions) helped. compute_dtype='bfloat16' runs the dense,
+LoRA and LM-head matmuls as bf16×bf16 dots with fp32 accumulation
+(core/models/mixed.py; a plain bf16 `x @ w` is compiled by XLA:CPU as an fp32
+dot plus converts); the default stays fp32 until bf16 is measured on a quiet
+machine (experiments/bench_gradients.py).
 
 Rows are streamed into a `GradientStore` chunk by chunk; a killed extraction
 resumes from the last committed chunk.
@@ -363,8 +367,9 @@ def group_calls(slabs: Sequence[Slab], slabs_per_call: int) -> list[Slab]:
 # Jitted per-slab gradients.
 
 
-def _slab_taps(lora, mdef, base, slab: Slab, packed: bool) -> Array:
-  """Per-document rows (R, k, d) of one slab, by probes on LoRA outputs."""
+def _taps_backward(lora, mdef, base, slab: Slab, packed: bool):
+  """One forward/backward of a slab's summed loss with zero probes on every
+  LoRA output: (per-token output gradients s, recorded LoRA inputs)."""
   tokens, positions, segments, index, targets, weight, _ = slab
   model = lora_lib.merge(mdef, base, lora)
   n_rows, width = tokens.shape
@@ -392,7 +397,13 @@ def _slab_taps(lora, mdef, base, slab: Slab, packed: bool) -> Array:
     logits = model.logits(gathered)  # G M v, fp32
     return _summed_nll(logits, targets, weight), taps.record
 
-  out_grads, record = jax.grad(loss_fn, has_aux=True)(probes)
+  return jax.grad(loss_fn, has_aux=True)(probes)
+
+
+def _per_doc_rows(lora, slab: Slab, out_grads, record) -> Array:
+  """Per-document rows (R, k, d): per-document sums of x sᵀ per LoRA matrix."""
+  segments = slab.segments
+  dtype = jax.tree.leaves(lora)[0].dtype
   n_slots = slab.doc_index.shape[1]
   # Per-document sums over a row's tokens: a one-hot (R, T, k) over the
   # row's documents; without packing k = 1 and padding already has s = 0.
@@ -425,6 +436,12 @@ def _slab_taps(lora, mdef, base, slab: Slab, packed: bool) -> Array:
     jax.tree_util.tree_structure(lora), leaves
   )
   return lora_lib.flatten(tree)  # R k d
+
+
+def _slab_taps(lora, mdef, base, slab: Slab, packed: bool) -> Array:
+  """Per-document rows (R, k, d) of one slab, by probes on LoRA outputs."""
+  out_grads, record = _taps_backward(lora, mdef, base, slab, packed)
+  return _per_doc_rows(lora, slab, out_grads, record)
 
 
 def _slab_vmap(lora, mdef, base, slab: Slab) -> Array:

@@ -5,6 +5,11 @@ dict of figures for the manifest. Data flows one way (DESIGN.md):
 
 finetune → gradients (store) → curvature (factors, eigh, correction from the
 store) → projection → dictionary → atoms → steering → report
+
+With `curvature.fused` (where exact, see method/fused.py) the gradients
+stage also sums the Kronecker factors in its forward/backward and saves them
+in gradients/fused_factors/; the curvature stage then only eigendecomposes
+and corrects, and writes the same artefacts.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import shutil
 
 import ml_collections
 import numpy as np
@@ -53,6 +59,25 @@ def _batches(ctx: RunContext, docs, batch_size):
   )
 
 
+_FUSED_DIR = 'fused_factors'  # in the gradients stage's directory
+
+
+def _fused_plan(ctx: RunContext) -> tuple[bool, str]:
+  """Whether the gradients stage's one pass also gives the factors."""
+  from gatoms_jax.method import fused
+
+  c = ctx.config.curvature
+  return fused.fused_applies(
+    enabled=c.get('fused', False),
+    fisher=c.fisher,
+    token_scope=c.token_scope,
+    max_docs=c.max_docs,
+    n_docs=len(ctx.train_docs),
+    compute_dtype=ctx.config.gradients.compute_dtype,
+    model_dtype=ctx.config.model.dtype,
+  )
+
+
 def run_curvature(ctx: RunContext) -> dict:
   """EK-FAC at the fine-tuned adapter: Kronecker factors, their sharded
   eigendecomposition, and the eigenvalue correction streamed from the
@@ -67,17 +92,25 @@ def run_curvature(ctx: RunContext) -> dict:
     docs = [
       docs[i] for i in sorted(rng.choice(len(docs), c.max_docs, replace=False))
     ]
-  batches, n = _batches(ctx, docs, c.batch_size)
-  factors = curvature.fit_factors(
-    mdef,
-    base,
-    ctx.finetuned_lora,
-    batches,
-    fisher=c.fisher,
-    token_scope=c.token_scope,
-    seed=c.sample_seed,
-    n_batches=n,
-  )
+  fused_dir = os.path.join(ctx.stage_dir('gradients'), _FUSED_DIR)
+  fused, reason = _fused_plan(ctx)
+  if fused and not os.path.exists(os.path.join(fused_dir, 'factors.json')):
+    fused, reason = False, 'the gradients stage saved no fused factors'
+  logging.info('curvature factors: %s', reason)
+  if fused:  # summed in the gradients stage's forward/backward
+    factors = curvature.Factors.load(fused_dir)
+  else:
+    batches, n = _batches(ctx, docs, c.batch_size)
+    factors = curvature.fit_factors(
+      mdef,
+      base,
+      ctx.finetuned_lora,
+      batches,
+      fisher=c.fisher,
+      token_scope=c.token_scope,
+      seed=c.sample_seed,
+      n_batches=n,
+    )
   factors = curvature.eigendecompose(factors)
   store = ctx.store
   chunk_size = ctx.config.gradients.chunk_size
@@ -92,11 +125,13 @@ def run_curvature(ctx: RunContext) -> dict:
     'n_docs': len(docs),
     'n_tokens': factors.n_tokens,
     'n_modules': len(factors.modules),
+    'fused_factor_pass': fused,
   }
 
 
 def run_gradients(ctx: RunContext) -> dict:
   """Per-document gradients of the training docs into a GradientStore."""
+  from gatoms_jax.method import fused as fused_lib
   from gatoms_jax.method import gradients as grads
   from gatoms_jax.core.store import GradientStore, layout_from_tree
 
@@ -119,9 +154,18 @@ def run_gradients(ctx: RunContext) -> dict:
   store = open_store() if distributed.is_writer() else None
   distributed.barrier('gradients:store')
   store = store or open_store()
-  extractor = grads.GradientExtractor(
-    mdef, base, lora, compute_dtype=c.compute_dtype
-  )
+  fused, reason = _fused_plan(ctx)
+  fused_dir = os.path.join(ctx.stage_dir('gradients'), _FUSED_DIR)
+  if distributed.is_writer():  # never reuse factors of an earlier run
+    shutil.rmtree(fused_dir, ignore_errors=True)
+  if fused:
+    extractor = fused_lib.FusedExtractor(
+      mdef, base, lora, compute_dtype=c.compute_dtype
+    )
+  else:
+    extractor = grads.GradientExtractor(
+      mdef, base, lora, compute_dtype=c.compute_dtype
+    )
   stats = grads.extract_to_store(
     extractor,
     ctx.train_docs,
@@ -130,6 +174,12 @@ def run_gradients(ctx: RunContext) -> dict:
     chunk_size=c.chunk_size,
     bucket_multiple=ctx.config.data.bucket_multiple,
   )
+  # A resumed extraction summed only the documents of this run: then the
+  # curvature stage runs its own factor pass.
+  fused = fused and stats['n_resumed'] == 0 and extractor.n_docs > 0
+  if fused:
+    extractor.factors().save(fused_dir)
+  stats['fused_factors'] = fused
   distributed.barrier('gradients:written')
   ctx.__dict__.pop('store', None)  # reopen to see the new chunks
   stats.update(

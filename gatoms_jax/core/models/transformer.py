@@ -28,6 +28,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from gatoms_jax.core.models import mixed
 from gatoms_jax.core.models.config import ModelConfig
 
 Array = jax.Array
@@ -116,7 +117,7 @@ def _lora_matmul(x: Array, w: Array, weights: Optional[Array]) -> Array:
   matmuls that all rows share.
   """
   if w.ndim == 2:
-    return x @ w
+    return mixed.matmul(x, w)
   if weights is None:
     raise ValueError('stacked LoRA weights need LoraTaps(adapter_weights=...)')
   per_adapter = jnp.einsum('b...i,nio->b...no', x, w)
@@ -157,7 +158,7 @@ class Linear(nnx.Module):
       self.lora_b = None
 
   def __call__(self, x: Array, taps: Optional[LoraTaps] = None) -> Array:
-    y = x @ self.kernel[...]
+    y = mixed.matmul(x, self.kernel[...])  # bf16: fp32 accumulation
     if self.bias is not None:
       y = y + self.bias[...]
     if self.lora_a is None:
@@ -659,9 +660,9 @@ class Transformer(nnx.Module):
     """LM head on any array of hidden states (..., d) → (..., v) in fp32."""
     if self.lm_head is None:
       w = self.embed_tokens[...]
-      out = jnp.einsum('...d,vd->...v', hidden, w)
+      out = mixed.matmul_transposed(hidden, w, fp32_out=True)
     else:
-      out = hidden @ self.lm_head[...]
+      out = mixed.matmul(hidden, self.lm_head[...], fp32_out=True)
     return out.astype(jnp.float32)
 
   def __call__(self, tokens, positions=None, valid=None, **kwargs):
