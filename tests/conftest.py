@@ -13,6 +13,9 @@ if _FLAG.split('=')[0] not in os.environ.get('XLA_FLAGS', ''):
   ).strip()
 os.environ.setdefault('JAX_PLATFORMS', 'cpu')
 os.environ.setdefault('TOKENIZERS_PARALLELISM', 'false')
+# Never write the persistent compilation cache into the user's home: tests
+# run without it unless they pass a temporary directory.
+os.environ['GATOMS_COMPILE_CACHE_DIR'] = ''
 
 # Child processes started by tests import configs/ and the tests' helpers the
 # same way pytest does (pyproject's `pythonpath`).

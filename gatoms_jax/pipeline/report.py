@@ -102,6 +102,17 @@ def steering_plot(sweeps: dict, path: str) -> None:
   plt.close(fig)
 
 
+# Manifest figures per stage in summary.json and the stage table (n_shapes
+# is in the stage's results).
+_RESOURCE_KEYS = (
+  'compile_seconds',
+  'n_compilations',
+  'n_shapes',
+  'peak_rss_gb',
+  'estimated_peak_gb',
+)
+
+
 def _manifest_results(run_dir: str, stage: str):
   m = _read(os.path.join(run_dir, stage, 'manifest.json'), {}) or {}
   return m.get('results', {}), m.get('seconds')
@@ -132,10 +143,17 @@ def write_report(
   char = _read(os.path.join(char_dir, 'summary.json'), {}) or {}
   sweeps = _read(os.path.join(run_dir, 'steering', 'sweeps.json'), {}) or {}
   stage_seconds = {}
+  # Per-stage resources from the manifests (gatoms_jax/pipeline/memory.py).
+  resources = {k: {} for k in _RESOURCE_KEYS}
   for stage in stages:
     _, seconds = _manifest_results(run_dir, stage)
     if seconds is not None:
       stage_seconds[stage] = round(seconds, 1)
+    m = _read(os.path.join(run_dir, stage, 'manifest.json'), {}) or {}
+    for key in _RESOURCE_KEYS:
+      value = m.get('results', {}).get(key) if key == 'n_shapes' else m.get(key)
+      if value is not None:
+        resources[key][stage] = value
   finetune, _ = _manifest_results(run_dir, 'finetune')
   dictionary, _ = _manifest_results(run_dir, 'dictionary')
   extract, _ = _manifest_results(run_dir, 'gradients')
@@ -180,6 +198,7 @@ def write_report(
       for name, res in sweeps.items()
     },
     'stage_seconds': stage_seconds,
+    **resources,
   }
   write_json(os.path.join(run_dir, 'summary.json'), summary)
 
@@ -311,8 +330,16 @@ def write_report(
         f'| {best(row["best_away"])} | {steers} |'
       )
     lines += ['', '![steering](steering.png)', '']
-  lines += ['## Stage timings (s)', '', '| stage | seconds |', '|---|---:|']
-  lines += [f'| {k} | {v} |' for k, v in stage_seconds.items()]
+  lines += [
+    '## Stages',
+    '',
+    '| stage | seconds | compile s | compilations | shapes | peak RSS GB '
+    '| estimated GB |',
+    '|---|---:|---:|---:|---:|---:|---:|',
+  ]
+  for k, v in stage_seconds.items():
+    cells = [_fmt(resources[key].get(k), 2) for key in _RESOURCE_KEYS]
+    lines.append(f'| {k} | {v} | ' + ' | '.join(cells) + ' |')
   lines += [
     '',
     '## Config',

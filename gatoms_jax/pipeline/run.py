@@ -9,9 +9,9 @@ from typing import Any, Optional, Sequence
 
 from absl import logging
 
-from gatoms_jax.core import distributed
+from gatoms_jax.core import compilation, distributed
 from gatoms_jax.core.io import write_json
-from gatoms_jax.pipeline import manifest
+from gatoms_jax.pipeline import manifest, memory
 from gatoms_jax.pipeline.context import RunContext
 from gatoms_jax.pipeline.stages import STAGE_FUNCTIONS
 
@@ -57,6 +57,8 @@ def run(
   Returns:
     stage → its manifest.
   """
+  cache_dir = compilation.setup_compile_cache(config.compile_cache_dir)
+  logging.info('persistent compilation cache: %s', cache_dir or 'off')
   ctx = RunContext(config)
   os.makedirs(ctx.run_dir, exist_ok=True)
   keys = manifest.stage_keys(config)
@@ -89,10 +91,15 @@ def run(
     os.makedirs(stage_dir, exist_ok=True)
     distributed.barrier(f'{stage}:start')
     start = time.perf_counter()
+    figures = {}
     if stage in WRITER_ONLY_STAGES and not distributed.is_writer():
       extra = {}  # no device work: the writer alone runs it
     else:
-      extra = STAGE_FUNCTIONS[stage](ctx) or {}
+      # Refuses to start beyond the memory limit; measures peak RSS and
+      # compilations (the estimate loads the model, inside the timing).
+      with memory.StageResources(ctx, stage) as resources:
+        extra = STAGE_FUNCTIONS[stage](ctx) or {}
+      figures = resources.figures()
     seconds = time.perf_counter() - start
     done[stage] = manifest.write_manifest(
       stage_dir,
@@ -101,7 +108,7 @@ def run(
       config=config,
       input_keys={s: keys[s] for s in manifest.STAGE_INPUTS[stage]},
       seconds=seconds,
-      extra={'results': extra},
+      extra={'results': extra, **figures},
     )
     # Every process sees the writer's files (and manifest) from here on.
     distributed.barrier(f'{stage}:done')

@@ -39,15 +39,24 @@ def run_finetune(ctx: RunContext) -> dict:
     'heldout_loss_before': result.heldout_loss_before,
     'heldout_loss_after': result.heldout_loss_after,
     'tokens_per_s': result.tokens_per_s,
+    'n_shapes': result.n_shapes,
   }
 
 
-def _batches(ctx: RunContext, docs, batch_size):
-  from gatoms_jax.core.data import make_batches, num_batches
+def _batches(ctx: RunContext, docs, tokens_per_batch: int, max_rows: int):
+  """Token-budget batches (`batching.token_batches`) of docs."""
+  from gatoms_jax.core.data import batching
 
-  return (
-    make_batches(docs, batch_size, ctx.config.data.bucket_multiple),
-    num_batches(len(docs), batch_size),
+  multiple = ctx.config.data.bucket_multiple
+  return list(
+    batching.token_batches(
+      docs,
+      tokens_per_batch,
+      max_rows=max_rows,
+      min_length=multiple,
+      multiple=multiple,
+      max_length=ctx.config.data.max_length,
+    )
   )
 
 
@@ -65,7 +74,8 @@ def run_curvature(ctx: RunContext) -> dict:
     docs = [
       docs[i] for i in sorted(rng.choice(len(docs), c.max_docs, replace=False))
     ]
-  batches, n = _batches(ctx, docs, c.batch_size)
+  batches = _batches(ctx, docs, c.tokens_per_batch, c.batch_size)
+  n = len(batches)
   factors = curvature.fit_factors(
     mdef,
     base,
@@ -90,6 +100,7 @@ def run_curvature(ctx: RunContext) -> dict:
     'n_docs': len(docs),
     'n_tokens': factors.n_tokens,
     'n_modules': len(factors.modules),
+    'n_shapes': len({b.tokens.shape for b in batches}),
   }
 
 
@@ -118,7 +129,11 @@ def run_gradients(ctx: RunContext) -> dict:
   distributed.barrier('gradients:store')
   store = store or open_store()
   extractor = grads.GradientExtractor(
-    mdef, base, lora, compute_dtype=c.compute_dtype
+    mdef,
+    base,
+    lora,
+    compute_dtype=c.compute_dtype,
+    tokens_per_slab=c.tokens_per_slab,
   )
   stats = grads.extract_to_store(
     extractor,
@@ -131,7 +146,10 @@ def run_gradients(ctx: RunContext) -> dict:
   distributed.barrier('gradients:written')
   ctx.__dict__.pop('store', None)  # reopen to see the new chunks
   stats.update(
-    n_rows=ctx.store.n_rows, dim=ctx.store.dim, n_skipped=len(ctx.store.skipped)
+    n_rows=ctx.store.n_rows,
+    dim=ctx.store.dim,
+    n_skipped=len(ctx.store.skipped),
+    n_shapes=extractor.n_compiled_shapes,
   )
   return stats
 
@@ -343,6 +361,7 @@ def run_steering(ctx: RunContext) -> dict:
     batch_size=c.batch_size,
     max_rows=c.max_rows,
     min_bucket=c.min_prompt_bucket,
+    tokens_per_batch=c.tokens_per_batch,
   )
   runner = sweep.SweepRunner(
     gen,
@@ -412,7 +431,7 @@ def run_steering(ctx: RunContext) -> dict:
       k: res['summary'][k] for k in ('baseline', 'best_toward', 'best_away')
     }
   write_json(os.path.join(out, 'sweeps.json'), results)
-  return {'steering': table}
+  return {'steering': table, 'n_shapes': len(gen.shapes_seen)}
 
 
 def run_report(ctx: RunContext) -> dict:
