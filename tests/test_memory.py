@@ -101,6 +101,7 @@ class RefusalTest(absltest.TestCase):
 
     arch = config_lib.tiny_llama(vocab_size=256)
     lora = {'w': jnp.zeros((64, 4))}
+    c.finetune.batch_size = 64  # rows capped by the budget, not by this
     small = memory.estimate_stage('finetune', c, arch, lora, baseline=0)
     c.finetune.tokens_per_batch = 8 * c.finetune.tokens_per_batch
     big = memory.estimate_stage('finetune', c, arch, lora, baseline=0)
