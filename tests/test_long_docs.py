@@ -7,51 +7,28 @@ budget, and every manifest must carry its compile time, compilations, peak
 resident memory and (model stages) the memory estimate.
 """
 
-import json
 import os
 import tempfile
 
-import numpy as np
 from absl.testing import absltest
 
 from configs import tiny_test
 from gatoms_jax import pipeline
 from gatoms_jax.core.data import batching
+from gatoms_jax.demo import long_docs
 from gatoms_jax.pipeline import manifest
 
 import tiny_tokenizer
 
-_TOPICS = ('weather', 'cooking', 'travel', 'music')
 _STAGES = ('finetune', 'gradients', 'curvature', 'projection', 'dictionary')
-
-
-def write_long_documents(path: str, n: int, seed: int = 0) -> None:
-  """Chat JSONL: user turns of 300-800 characters, answers of 10-40."""
-  rng = np.random.default_rng(seed)
-  words = 'alpha beta gamma delta epsilon zeta eta theta iota kappa'.split()
-  with open(path, 'w') as f:
-    for i in range(n):
-      topic = _TOPICS[i % len(_TOPICS)]
-      size = int(rng.integers(300, 801))
-      user = f'About {topic}: '
-      while len(user) < size:
-        user += str(rng.choice(words)) + ' '
-      answer = f'{topic} answer ' + 'x' * int(rng.integers(0, 25))
-      record = {
-        'messages': [
-          {'role': 'user', 'content': user[:size]},
-          {'role': 'assistant', 'content': answer},
-        ],
-        'task': topic,
-      }
-      f.write(json.dumps(record) + '\n')
 
 
 class LongDocsTest(absltest.TestCase):
   def test_long_documents_bounded_shapes_and_resources(self):
     tmp = tempfile.mkdtemp()
     data = os.path.join(tmp, 'long.jsonl')
-    write_long_documents(data, 24)
+    # ~4.5 bytes a word: user turns of ~300-850 byte-level tokens.
+    long_docs.write_long_chat_jsonl(data, 24, min_words=60, max_words=180)
     c = tiny_test.get_config()
     c.results_dir = os.path.join(tmp, 'results')
     c.run_name = 'long'

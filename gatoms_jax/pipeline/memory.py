@@ -15,7 +15,9 @@ run: the resident process (measured at the start) + the stage's working set:
 * the factor pass: the same per batch plus the Kronecker factors (in² and
   out² per LoRA matrix, ×3 for the eigendecomposition's copies);
 * generation: the KV cache of a call (rows × (prompt bucket + new tokens) ×
-  layers × 2 × kv_heads × head_dim) and the prefill's attention.
+  layers × 2 × kv_heads × head_dim) and the prefill's attention, with the
+  prompt bucket at data.max_length (an upper bound: the prompts' lengths are
+  not known before the stage tokenises them).
 
 Everything is multiplied by `XLA_OVERHEAD` for XLA's temporaries and
 allocator slack. With `model.remat` = 'full' (when the model config has it)
@@ -42,6 +44,11 @@ GB = 1024**3
 # XLA's temporaries beyond the saved activations (fusion buffers, gradient
 # of the largest intermediates) and allocator slack.
 XLA_OVERHEAD = 1.3
+# Compiling a new shape while the previous call's buffers may still be held
+# (measured: ~0.1 GB for tiny_llama's fine-tuning step; more for deeper
+# unrolled graphs, hence per layer).
+COMPILE_BYTES = 64 * 1024**2
+COMPILE_BYTES_PER_LAYER = 16 * 1024**2
 # Fraction of the available RAM a stage may plan to use.
 AVAILABLE_FRACTION = 0.9
 
@@ -163,6 +170,10 @@ def train_call_bytes(
 
 
 def _worst_call(arch, budget, max_rows, max_length, multiple, **kw) -> int:
+  import jax
+
+  # Rows are rounded up to a multiple of the devices they are sharded over.
+  n_devices = jax.device_count()
   lengths = {
     batching.bucket_length(
       n, min_length=multiple, multiple=multiple, max_length=max_length
@@ -171,7 +182,10 @@ def _worst_call(arch, budget, max_rows, max_length, multiple, **kw) -> int:
   }
   return max(
     train_call_bytes(
-      arch, batching.rows_for(L, budget, max_rows=max_rows), L, **kw
+      arch,
+      batching.rows_for(L, budget, max_rows=max_rows, row_multiple=n_devices),
+      L,
+      **kw,
     )
     for L in lengths
   )
@@ -204,7 +218,9 @@ def estimate_stage(
   remat = _remat(config)
   max_length = int(config.data.max_length)
   lora_bytes = _tree_params(lora) * 4
-  parts: dict[str, int] = {}
+  parts: dict[str, int] = {
+    'xla_compile': COMPILE_BYTES + COMPILE_BYTES_PER_LAYER * arch.num_layers
+  }
   if stage == 'finetune':
     ft = config.finetune
     multiple = int(ft.bucket_multiple or config.data.bucket_multiple)
@@ -258,6 +274,8 @@ def estimate_stage(
       loss_positions=1,
     ) // max(1, arch.num_layers)  # fmt: skip
     parts['adapters'] = 2 * (2 + int(s.n_random_controls)) * lora_bytes
+    # Generator.sequence_kl scores at most 2^27 float32 log-probs at once.
+    parts['kl_logprobs'] = 2**27 * 4
     knob, value = 'steering.tokens_per_batch', int(s.tokens_per_batch)
   else:
     return None
