@@ -28,16 +28,16 @@ class LongDocsTest(absltest.TestCase):
     tmp = tempfile.mkdtemp()
     data = os.path.join(tmp, 'long.jsonl')
     # ~4.5 bytes a word: user turns of ~300-850 byte-level tokens.
-    long_docs.write_long_chat_jsonl(data, 24, min_words=60, max_words=180)
+    long_docs.write_long_chat_jsonl(data, 12, min_words=60, max_words=180)
     c = tiny_test.get_config()
     c.results_dir = os.path.join(tmp, 'results')
     c.run_name = 'long'
     c.model.tokenizer = tiny_tokenizer.save(os.path.join(tmp, 'tok'))
     c.data.path = data
     c.data.max_length = 1024
-    c.finetune.steps = 2
-    c.finetune.eval_every = 2
-    c.finetune.checkpoint_every = 2
+    c.finetune.steps = 1
+    c.finetune.eval_every = 1
+    c.finetune.checkpoint_every = 1
     c.gradients.chunk_size = 8
     c.projection.top_k = 4
     c.dictionary.n_atoms = 4
