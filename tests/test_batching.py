@@ -101,6 +101,10 @@ class PlanTest(parameterized.TestCase):
     got = sorted(int(i) for p in parts for i in p.doc_index if i >= 0)
     self.assertEqual(got, sorted(group))
     self.assertTrue(all(p.tokens.size <= 512 for p in parts))
+    # Mixed lengths that fit at the longest one stay one call (as before
+    # the budget: the demo's 8-document micro-batches are single calls).
+    (one,) = batching.split_group(docs, [0, 2, 4, 5], 2048, max_rows=8)
+    self.assertEqual(one.tokens.shape, (8, 32))
 
   def test_loss_width(self):
     self.assertEqual(batching.loss_width(5, 100), 8)

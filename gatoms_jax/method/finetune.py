@@ -301,13 +301,14 @@ def group_calls(
   max_length: Optional[int],
   row_multiple: int = 1,
 ) -> list[Any]:
-  """A group of documents as padded calls of bounded shapes: rows a power
-  of two ≤ batch_size's (≥ it when batch_size is not one), lengths on the
-  `batching` ladder, rows × length ≤ tokens_per_batch (0: no budget)."""
+  """A group of documents as padded calls of bounded shapes
+  (`batching.split_group`): lengths on the `batching` ladder, rows a power of
+  two ≤ batch_size rounded up to a power of two, rows × length ≤
+  tokens_per_batch (0: no budget, one call per group)."""
   from gatoms_jax.core.data import batching
 
   max_rows = 1 << max(0, int(batch_size) - 1).bit_length()
-  budget = int(tokens_per_batch) or max_rows * (1 << 40)
+  budget = int(tokens_per_batch) or 1 << 62
   return batching.split_group(
     docs,
     group,

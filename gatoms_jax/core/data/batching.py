@@ -204,21 +204,24 @@ def split_group(
   pad_id: int = 0,
 ) -> list[Batch]:
   """Cuts a fixed group of documents (e.g. one fine-tuning micro-batch)
-  into token-budget batches of bounded shapes, in length order."""
-  sub = [tokenized[i] for i in indices]
-  out = []
-  for b in token_batches(
-    sub,
-    tokens_per_batch,
-    max_rows=max_rows,
-    min_length=min_length,
-    multiple=multiple,
-    max_length=max_length,
-    row_multiple=row_multiple,
-    pad_id=pad_id,
-  ):
-    mapped = np.array([indices[j] if j >= 0 else -1 for j in b.doc_index])
-    out.append(b._replace(doc_index=mapped.astype(np.int32)))
+  into token-budget batches of bounded shapes.
+
+  Longest first: each batch takes the next R documents, R = `rows_for` the
+  padded length L of the longest of them, and is padded to (R, L); so a group
+  that fits the budget at its longest length stays ONE batch, and there is
+  one row count per length (one shape per ladder length).
+  """
+  kw = dict(min_length=min_length, multiple=multiple, max_length=max_length)
+  order = sorted(indices, key=lambda i: -tokenized[i].length)
+  out, start = [], 0
+  while start < len(order):
+    width = bucket_length(tokenized[order[start]].length, **kw)
+    rows = rows_for(
+      width, tokens_per_batch, max_rows=max_rows, row_multiple=row_multiple
+    )
+    part = order[start : start + rows]
+    out.append(fill_batch(tokenized, part, rows, width, pad_id))
+    start += rows
   return out
 
 
