@@ -7,6 +7,8 @@ that section (see `gatoms_jax.pipeline.STAGE_SECTIONS`).
 
 from __future__ import annotations
 
+import os
+
 import ml_collections
 
 
@@ -16,6 +18,15 @@ def base_config() -> ml_collections.ConfigDict:
   c.run_name = 'demo'
   c.results_dir = 'results'
   c.seed = 0
+  # Persistent XLA compilation cache shared by every stage and run (a rerun
+  # reuses compiled executables); '' disables it. $GATOMS_COMPILE_CACHE_DIR
+  # overrides the default (the tests point it away from the home directory).
+  c.compile_cache_dir = os.environ.get(
+    'GATOMS_COMPILE_CACHE_DIR', '~/.cache/gatoms_jax/xla'
+  )
+  # Stages refuse to start when their estimated peak memory exceeds this
+  # (gatoms_jax/pipeline/memory.py); 0: 90 % of the available RAM.
+  c.memory_limit_gb = 0.0
 
   # Multi-process runs (gatoms_jax/core/distributed.py): every process runs
   # the same command with its own process_id; process 0 writes the files.
@@ -90,9 +101,16 @@ def base_config() -> ml_collections.ConfigDict:
   # loss-position width is a multiple of loss_multiple.
   c.finetune.bucket_multiple = 0
   c.finetune.loss_multiple = 32
+  # Padded rows × length of one forward/backward call (memory bound); a
+  # micro-batch of long documents is cut into several calls, same gradient.
+  # 2048 = 8 docs × 256 tokens: the demo's micro-batches fit in one call.
+  c.finetune.tokens_per_batch = 2048
 
   c.gradients = ml_collections.ConfigDict()
   c.gradients.batch_size = 8  # documents per vmap(grad) call (per host)
+  # Padded rows × length of one slab (memory bound; the extractor's measured
+  # CPU optimum).
+  c.gradients.tokens_per_slab = 512
   c.gradients.chunk_size = 256  # rows per on-disk chunk of the GradientStore
   c.gradients.storage_dtype = 'float32'  # float32 | bfloat16
   c.gradients.compute_dtype = 'float32'
@@ -100,7 +118,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.curvature = ml_collections.ConfigDict()
   # 'true' (labels sampled from the model) | 'empirical'
   c.curvature.fisher = 'true'
-  c.curvature.batch_size = 8
+  c.curvature.batch_size = 8  # at most this many documents per batch
+  c.curvature.tokens_per_batch = 2048  # padded rows × length per batch
   c.curvature.max_docs = 0  # 0: all training docs
   c.curvature.sample_seed = 0
   # Positions whose outputs enter the factors: 'loss' (assistant tokens, the
@@ -223,6 +242,9 @@ def base_config() -> ml_collections.ConfigDict:
   # prompt length (fewer prompt buckets, fewer compilations).
   c.steering.max_rows = 256
   c.steering.min_prompt_bucket = 64
+  # Rows × (prompt bucket + max_new_tokens) per generation call: caps the KV
+  # cache of long prompts (the demo's 256 × 192 fits).
+  c.steering.tokens_per_batch = 65536
   # Atom → LoRA delta: 'natural' (× 1/sqrt λ: the natural-gradient step on
   # the atom's documents within the kept eigenspace) or 'paper' (× sqrt λ:
   # the atom mapped back to gradient coordinates, as in the paper).
@@ -286,6 +308,11 @@ _AT_LEAST = {
   'finetune.checkpoint_every': (1, True),
   'finetune.eval_every': (1, True),
   'finetune.loss_multiple': (1, True),
+  'finetune.tokens_per_batch': (0, True),
+  'gradients.tokens_per_slab': (1, True),
+  'curvature.tokens_per_batch': (1, True),
+  'steering.tokens_per_batch': (1, True),
+  'memory_limit_gb': (0, True),
   'gradients.batch_size': (1, True),
   'gradients.chunk_size': (1, True),
   'curvature.batch_size': (1, True),

@@ -20,6 +20,9 @@ os.environ.setdefault(
   'GATOMS_JAX_FINGERPRINT_CACHE',
   os.path.join(tempfile.mkdtemp(prefix='gatoms_fp_'), 'fingerprints.json'),
 )
+# Never write the persistent compilation cache into the user's home: tests
+# run without it unless they pass a temporary directory.
+os.environ['GATOMS_COMPILE_CACHE_DIR'] = ''
 
 # Child processes started by tests import configs/ and the tests' helpers the
 # same way pytest does (pyproject's `pythonpath`).

@@ -197,6 +197,21 @@ class GenerateTest(absltest.TestCase):
   def _variants(self, n):
     return [lora_lib.init_lora(self.lora, seed=s, b_std=0.3) for s in range(n)]
 
+  def test_token_budget_caps_rows_same_outputs(self):
+    # A budget of one row per call (bucket + N_NEW tokens): same greedy
+    # answers as the uncapped call, one (rows, bucket) shape per bucket.
+    longest = max(len(p) for p in self.prompts)
+    budget = gen.bucket_length(longest) + N_NEW
+    g = self._generator(tokens_per_batch=budget)
+    self.assertEqual(
+      g.generate(self.lora, self.prompts, max_new_tokens=N_NEW), self.greedy
+    )
+    self.assertEqual({rows for rows, _ in g.shapes_seen}, {1})
+    out = g.generate_variants(
+      [self.lora, self.lora], self.prompts, max_new_tokens=N_NEW
+    )
+    self.assertEqual(out, [self.greedy, self.greedy])
+
   def test_generate_variants_equals_one_adapter_at_a_time(self):
     loras = [self.lora] + self._variants(4)
     free = self._generator().generate_variants(

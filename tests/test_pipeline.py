@@ -100,6 +100,23 @@ class PipelineTest(absltest.TestCase):
       'stage_seconds',
     ):
       self.assertIn(key, summary)
+    # Per-stage resources (every stage that ran; model stages' estimates).
+    for key in ('compile_seconds', 'n_compilations', 'peak_rss_gb'):
+      self.assertEqual(
+        set(summary[key]), set(manifest.STAGES) - {'report'}, key
+      )
+    self.assertGreater(summary['n_compilations']['finetune'], 0)
+    self.assertEqual(
+      set(summary['estimated_peak_gb']),
+      {'finetune', 'gradients', 'curvature', 'steering'},
+    )
+    self.assertEqual(
+      set(summary['n_shapes']),
+      {'finetune', 'gradients', 'curvature', 'steering'},
+    )
+    self.assertIn(
+      '| compile s |', open(os.path.join(run_dir, 'report.md')).read()
+    )
     self.assertEqual(set(summary['steering']), {'yes_no', 'bullets'})
     for row in summary['steering'].values():
       for k in ('baseline', 'best_toward', 'best_away'):

@@ -42,21 +42,26 @@ def summed_ce(logits: Array, tokens: Array, loss_mask: Array) -> Array:
 
 
 def loss_positions(
-  loss_mask: np.ndarray, multiple: int = 16
+  loss_mask: np.ndarray, multiple: int = 16, width: int | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
   """Positions p whose logits predict a loss token (mask[p + 1] = 1).
 
   Args:
     loss_mask: (b, t) float mask on predicted tokens.
     multiple: the gathered width m is rounded up to this (fewer compiles).
+    width: the gathered width m itself (≥ the fullest row's loss positions);
+      None: from `multiple`.
 
   Returns:
     (index int32[b, m], weight float32[b, m]); padding entries have weight 0.
   """
   shifted = np.asarray(loss_mask)[:, 1:] > 0
   counts = shifted.sum(axis=1)
-  width = round_up(max(int(counts.max(initial=0)), 1), multiple)
-  width = min(width, max(loss_mask.shape[1] - 1, 1))
+  if width is None:
+    width = round_up(max(int(counts.max(initial=0)), 1), multiple)
+    width = min(width, max(loss_mask.shape[1] - 1, 1))
+  elif width < counts.max(initial=0):
+    raise ValueError(f'width {width} < {int(counts.max())} loss positions')
   index = np.zeros((loss_mask.shape[0], width), np.int32)
   weight = np.zeros((loss_mask.shape[0], width), np.float32)
   for row in range(loss_mask.shape[0]):

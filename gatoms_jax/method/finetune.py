@@ -16,8 +16,12 @@ assistant-token CE of docs/CONTRIBUTING_NOTES.md divided by a per-step token
 count, so that the learning rate does not depend on the documents' lengths.
 (The per-document gradients of the later steps use the plain sum.) With k > 1
 `optax.MultiSteps` averages k micro-gradients; each is scaled by k / N, so the
-mean is exactly ∇L. The LM head runs only on loss positions
-(`losses.loss_positions`).
+mean is exactly ∇L. In `finetune` itself a micro-batch may be cut into
+several calls under `finetune.tokens_per_batch` (bounded memory and shapes,
+`gatoms_jax.core.data.batching`), so the step sums the calls' gradients of
+Σ CE / N itself (`make_grad_step`) and the optimiser sees ∇L once
+(`make_apply_step`), the same update. The LM head runs only on loss
+positions (`losses.loss_positions`).
 
 Optimiser: AdamW (decoupled weight decay) after global-norm clipping, linear
 warmup then cosine decay to 0 (`learning_rate_schedule`); LoRA parameters are
@@ -99,8 +103,8 @@ class FinetuneResult:
     lora: the fine-tuned LoRA tree (float32, `lora.split`'s structure).
     history: one dict per step: 'step', and for training steps
       'train_loss' (mean CE per loss token of the step), 'lr', 'tokens'
-      (unpadded), 'loss_tokens', 'grad_norm' (before clipping; of the last
-      micro-batch when accumulating), plus 'heldout_loss' where the held-out
+      (unpadded), 'loss_tokens', 'grad_norm' (of the step's whole gradient,
+      before clipping), plus 'heldout_loss' where the held-out
       set was evaluated (step 0: before training).
     heldout_loss_before: held-out mean CE per loss token of the base model.
     heldout_loss_after: the same after fine-tuning.
@@ -137,6 +141,7 @@ class FinetuneResult:
   base: Any = dataclasses.field(repr=False, default=None)
   tokenizer: Any = dataclasses.field(repr=False, default=None)
   data_stats: dict = dataclasses.field(default_factory=dict)
+  n_shapes: int = 0
 
   def summary(self) -> dict:
     """JSON-serialisable figures (what result.json holds; NaN → None)."""
@@ -155,6 +160,7 @@ class FinetuneResult:
       'adapter_dir': self.adapter_dir,
       'lora_dir': self.lora_dir,
       'data': self.data_stats,
+      'n_shapes': self.n_shapes,
     }
     return {
       k: None if isinstance(v, float) and math.isnan(v) else v
@@ -188,6 +194,15 @@ class DataSchedule:
     seed: the shuffling seed.
     row_multiple: rows are padded (zero weight) to a multiple of this, the
       number of devices the batch is sharded over.
+    tokens_per_batch: budget of padded rows × length of one jitted call; a
+      micro-batch whose documents need more is cut into several calls
+      (`batching.split_group`), so memory is bounded whatever the lengths.
+      0: one call per micro-batch.
+    max_length: the truncation length (caps the padded lengths).
+
+  Padded lengths follow the `batching` ladder (rounded up to
+  `bucket_multiple`) and the loss width `batching.loss_width`, so the calls
+  have a small, bounded set of shapes.
   """
 
   def __init__(
@@ -200,6 +215,8 @@ class DataSchedule:
     loss_multiple: int,
     seed: int,
     row_multiple: int = 1,
+    tokens_per_batch: int = 0,
+    max_length: Optional[int] = None,
   ):
     from gatoms_jax.core.data import tokenize as tokenize_lib
 
@@ -214,6 +231,8 @@ class DataSchedule:
     self.loss_multiple = loss_multiple
     self.seed = seed
     self.row_multiple = row_multiple
+    self.tokens_per_batch = tokens_per_batch
+    self.max_length = max_length
     self.batches_per_epoch = tokenize_lib.num_batches(
       len(self.train), batch_size
     )
@@ -241,7 +260,8 @@ class DataSchedule:
     return self._cache[epoch]
 
   def micro_batches(self, step: int) -> list[dict]:
-    """The k host micro-batches of optimiser step `step` (0-based).
+    """The host calls of optimiser step `step` (0-based): its k
+    micro-batches, each cut into calls under the token budget.
 
     Each is a dict of numpy arrays: tokens int32[B, T], index int32[B, m]
     and weight float32[B, m] (`losses.loss_positions`), plus 'n_real_tokens'
@@ -250,21 +270,70 @@ class DataSchedule:
     out = []
     for i in range(self.grad_accum):
       epoch, pos = divmod(step * self.grad_accum + i, self.batches_per_epoch)
-      batch = self._epoch(epoch)[pos]
-      index, weight = losses.loss_positions(batch.loss_mask, self.loss_multiple)
-      tokens = sharding.pad_rows(batch.tokens, self.row_multiple)[0]
-      index = sharding.pad_rows(index, self.row_multiple)[0]
-      weight = sharding.pad_rows(weight, self.row_multiple)[0]
-      real = sum(self.train[j].length for j in batch.doc_index if j >= 0)
-      out.append(
-        {
-          'tokens': tokens,
-          'index': index,
-          'weight': weight,
-          'n_real_tokens': int(real),
-        }
-      )
+      group = [int(j) for j in self._epoch(epoch)[pos].doc_index if j >= 0]
+      for batch in group_calls(
+        self.train,
+        group,
+        tokens_per_batch=self.tokens_per_batch,
+        batch_size=self.batch_size,
+        bucket_multiple=self.bucket_multiple,
+        max_length=self.max_length,
+        row_multiple=self.row_multiple,
+      ):
+        index, weight = bucketed_loss_positions(
+          batch.loss_mask, self.loss_multiple
+        )
+        real = sum(self.train[j].length for j in batch.doc_index if j >= 0)
+        out.append(
+          {
+            'tokens': batch.tokens,
+            'index': index,
+            'weight': weight,
+            'n_real_tokens': int(real),
+          }
+        )
     return out
+
+
+def group_calls(
+  docs: Sequence[Any],
+  group: Sequence[int],
+  *,
+  tokens_per_batch: int,
+  batch_size: int,
+  bucket_multiple: int,
+  max_length: Optional[int],
+  row_multiple: int = 1,
+) -> list[Any]:
+  """A group of documents as padded calls of bounded shapes
+  (`batching.split_group`): lengths on the `batching` ladder, rows a power of
+  two ≤ batch_size rounded up to a power of two, rows × length ≤
+  tokens_per_batch (0: no budget, one call per group)."""
+  from gatoms_jax.core.data import batching
+
+  max_rows = 1 << max(0, int(batch_size) - 1).bit_length()
+  budget = int(tokens_per_batch) or 1 << 62
+  return batching.split_group(
+    docs,
+    group,
+    budget,
+    max_rows=max_rows,
+    min_length=bucket_multiple,
+    multiple=bucket_multiple,
+    max_length=max_length,
+    row_multiple=row_multiple,
+  )
+
+
+def bucketed_loss_positions(loss_mask: np.ndarray, loss_multiple: int):
+  """`losses.loss_positions` with the width on the `batching` ladder."""
+  from gatoms_jax.core.data import batching
+
+  counts = (np.asarray(loss_mask)[:, 1:] > 0).sum(axis=1)
+  width = batching.loss_width(
+    int(counts.max(initial=0)), loss_mask.shape[1], loss_multiple
+  )
+  return losses.loss_positions(loss_mask, width=width)
 
 
 # ---------------------------------------------------------------------------
@@ -295,7 +364,9 @@ def learning_rate_schedule(ft: Any) -> optax.Schedule:
   return schedule
 
 
-def make_optimizer(ft: Any) -> optax.GradientTransformation:
+def make_optimizer(
+  ft: Any, accumulate: bool = True
+) -> optax.GradientTransformation:
   """Clip → AdamW with the schedule, wrapped in MultiSteps when k > 1.
 
   Args:
@@ -308,7 +379,7 @@ def make_optimizer(ft: Any) -> optax.GradientTransformation:
     optax.adamw(learning_rate_schedule(ft), weight_decay=float(ft.weight_decay))
   )
   opt = optax.chain(*parts)
-  if int(ft.grad_accum) > 1:
+  if accumulate and int(ft.grad_accum) > 1:
     opt = optax.MultiSteps(opt, every_k_schedule=int(ft.grad_accum))
   return opt
 
@@ -343,6 +414,36 @@ def make_train_step(
   return jax.jit(step)
 
 
+def make_grad_step(mdef: lora_lib.ModelDef) -> Callable:
+  """Jitted (lora, acc, base, batch) → (acc + ∇, Σ CE): one call's
+  gradient of scale · Σ CE added to the accumulator `acc` (donated)."""
+
+  def step(lora, acc, base, batch):
+    dtype = jax.tree.leaves(base)[0].dtype
+
+    def loss_fn(params):
+      cast = jax.tree.map(lambda x: x.astype(dtype), params)
+      total = losses.batch_loss(
+        cast, mdef, base, batch['tokens'], batch['index'], batch['weight']
+      )
+      return total * batch['scale'], total
+
+    (_, total), g = jax.value_and_grad(loss_fn, has_aux=True)(lora)
+    return jax.tree.map(jnp.add, acc, g), total
+
+  return jax.jit(step, donate_argnums=1)
+
+
+def make_apply_step(optimizer: optax.GradientTransformation) -> Callable:
+  """Jitted (lora, opt_state, grads) → (lora, opt_state, ‖grads‖)."""
+
+  def apply(lora, opt_state, grads):
+    updates, opt_state = optimizer.update(grads, opt_state, lora)
+    return optax.apply_updates(lora, updates), opt_state, optax.tree.norm(grads)
+
+  return jax.jit(apply)
+
+
 def make_eval_fn(mdef: lora_lib.ModelDef) -> Callable:
   """Jitted Σ CE over the loss positions of a batch: (lora, base, t, i, w)."""
 
@@ -362,14 +463,24 @@ def heldout_batches(
   loss_multiple: int,
   max_docs: int,
   mesh: jax.sharding.Mesh,
+  tokens_per_batch: int = 0,
+  max_length: Optional[int] = None,
 ) -> list[tuple[Array, Array, Array]]:
-  """Device batches (tokens, index, weight) of the first `max_docs` docs."""
-  from gatoms_jax.core.data import tokenize as tokenize_lib
-
+  """Device batches (tokens, index, weight) of the first `max_docs` docs,
+  under the token budget (see `DataSchedule`)."""
   docs = list(heldout[:max_docs] if max_docs > 0 else heldout)
+  n_dev = sharding.axis_size(mesh, sharding.DATA_AXIS)
   out = []
-  for batch in tokenize_lib.make_batches(docs, batch_size, bucket_multiple):
-    index, weight = losses.loss_positions(batch.loss_mask, loss_multiple)
+  for batch in group_calls(
+    docs,
+    list(range(len(docs))),
+    tokens_per_batch=tokens_per_batch,
+    batch_size=batch_size,
+    bucket_multiple=bucket_multiple,
+    max_length=max_length,
+    row_multiple=n_dev,
+  ):
+    index, weight = bucketed_loss_positions(batch.loss_mask, loss_multiple)
     out.append(
       tuple(
         sharding.shard_rows(x, mesh)[0] for x in (batch.tokens, index, weight)
@@ -426,6 +537,10 @@ def _diff(a: Any, b: Any, prefix: str = '') -> list[str]:
 
 def _base_model_name(path: str) -> str:
   return EMBEDDED_MODEL_NAME if path in ('', 'embedded') else path
+
+
+def _eval_shapes(batches: Sequence[tuple]) -> set:
+  return {(t.shape, i.shape) for t, i, _ in batches}
 
 
 def _json_default(x):
@@ -502,6 +617,8 @@ def finetune(
     loss_multiple=loss_mult,
     seed=int(config.seed),
     row_multiple=n_dev,
+    tokens_per_batch=int(ft.tokens_per_batch),
+    max_length=int(config.data.max_length),
   )
   eval_batches = heldout_batches(
     heldout,
@@ -510,6 +627,8 @@ def finetune(
     loss_multiple=loss_mult,
     max_docs=int(ft.max_eval_docs),
     mesh=mesh,
+    tokens_per_batch=int(ft.tokens_per_batch),
+    max_length=int(config.data.max_length),
   )
   logging.info(
     'finetune: %d train / %d heldout docs (%d evaluated), %d batches per '
@@ -525,7 +644,9 @@ def finetune(
     lora_lib.num_params(lora0),
   )
 
-  optimizer = make_optimizer(ft)
+  # Gradients are accumulated over a step's calls here (their number varies
+  # with the documents' lengths), so the optimiser itself does not.
+  optimizer = make_optimizer(ft, accumulate=False)
   lora = lora_lib.init_lora(lora0, int(config.lora.init_seed))
   lora = jax.device_put(
     jax.tree.map(lambda x: x.astype(jnp.float32), lora), rep
@@ -572,7 +693,8 @@ def finetune(
       logging.info(
         'Resumed from checkpoint step %d (%s)', latest, ckpt.directory
       )
-    train_step = make_train_step(mdef, optimizer)
+    grad_step = make_grad_step(mdef)
+    apply_step = make_apply_step(optimizer)
     eval_fn = make_eval_fn(mdef)
     lora, opt_state, rng = state['lora'], state['opt_state'], state['rng']
     start = int(state['step'])
@@ -596,8 +718,11 @@ def finetune(
       t0 = time.perf_counter()
       micro = schedule.micro_batches(step)
       n_loss = sum(float(m['weight'].sum()) for m in micro)
-      scale = np.float32(k / max(n_loss, 1.0))
-      loss_sum, grad_norm, compiled = 0.0, 0.0, False
+      # Σ over the step's calls of ∇(Σ CE) / N = ∇ of the step's loss.
+      scale = np.float32(1.0 / max(n_loss, 1.0))
+      compiled = False
+      acc = jax.tree.map(jnp.zeros_like, lora)
+      sums = []
       for m in micro:
         shape = (m['tokens'].shape, m['index'].shape)
         compiled |= shape not in seen_shapes
@@ -608,9 +733,11 @@ def finetune(
           'weight': jax.device_put(m['weight'], row),
           'scale': jax.device_put(scale, rep),
         }
-        lora, opt_state, aux = train_step(lora, opt_state, base, batch)
-        loss_sum += float(aux['loss_sum'])
-        grad_norm = float(aux['grad_norm'])
+        acc, total = grad_step(lora, acc, base, batch)
+        sums.append(total)
+      lora, opt_state, norm = apply_step(lora, opt_state, acc)
+      loss_sum = float(sum(float(x) for x in sums))
+      grad_norm = float(norm)
       dt = time.perf_counter() - t0
       tokens = sum(m['n_real_tokens'] for m in micro)
       n_tokens += tokens
@@ -696,6 +823,7 @@ def finetune(
     base=base,
     tokenizer=tokenizer,
     data_stats=data_stats.as_dict(),
+    n_shapes=len(seen_shapes | _eval_shapes(eval_batches)),
   )
   export(result, lora_config_from(config), _base_model_name(config.model.path))
   logging.info(

@@ -73,6 +73,7 @@ from absl import logging
 from tqdm import tqdm
 
 from gatoms_jax.core import sharding
+from gatoms_jax.core.data import batching
 from gatoms_jax.core.data.tokenize import round_up as _round_up
 from gatoms_jax.core.losses import (
   doc_loss,
@@ -260,9 +261,9 @@ def plan_slabs(
 
   Without packing (the default): one document per row; documents sorted
   longest first, each slab takes the next R = tokens_per_slab / T documents,
-  T = the first one's length rounded up to `bucket_multiple`, so padding is
-  the length spread inside a slab plus the rounding (the final slab has just
-  the rows it needs). With packing: rows of a width class hold several
+  T = the first one's length on the `batching` ladder (a multiple of
+  `bucket_multiple`), so padding is the length spread inside a slab plus the
+  rounding (the final slab has a power of two ≥ the rows it needs). With packing: rows of a width class hold several
   documents (best fit decreasing); slabs of a class are balanced. Slabs of
   one (R, T) share one shape, hence one compilation; the loss width M is the
   fullest row group's.
@@ -319,10 +320,18 @@ def plan_slabs(
     order = np.argsort(-n_in, kind='stable').tolist()
     start = 0
     while start < len(order):
-      width = _round_up(n_in[order[start]], bucket_multiple)
+      # Widths on the `batching` ladder: a bounded set of shapes whatever
+      # the lengths (at most ~2 per doubling of the length).
+      width = batching.bucket_length(
+        int(n_in[order[start]]),
+        min_length=bucket_multiple,
+        multiple=bucket_multiple,
+      )
       rows = rows_for(width)
-      # The final slab: no empty rows (one more shape instead).
-      rows = min(rows, _round_up(len(order) - start, row_multiple))
+      # The final slab of a width: fewer rows (a power of two), so few empty
+      # rows for one more shape at most per width.
+      left = len(order) - start
+      rows = min(rows, _round_up(1 << (left - 1).bit_length(), row_multiple))
       part = [[i] for i in order[start : start + rows]]
       parts.setdefault((rows, width), []).append(part)
       start += rows

@@ -161,6 +161,17 @@ def _data_lines(data: dict | None) -> list[str]:
   return lines + ['']
 
 
+# Manifest figures per stage in summary.json and the stage table (n_shapes
+# is in the stage's results).
+_RESOURCE_KEYS = (
+  'compile_seconds',
+  'n_compilations',
+  'n_shapes',
+  'peak_rss_gb',
+  'estimated_peak_gb',
+)
+
+
 def _manifest_results(run_dir: str, stage: str):
   m = _read(os.path.join(run_dir, stage, 'manifest.json'), {}) or {}
   return m.get('results', {}), m.get('seconds')
@@ -323,10 +334,17 @@ def write_report(
   side_effects = _read(os.path.join(run_dir, 'steering', 'side_effects.json'))
   composition = _read(os.path.join(run_dir, 'steering', 'composition.json'))
   stage_seconds = {}
+  # Per-stage resources from the manifests (gatoms_jax/pipeline/memory.py).
+  resources = {k: {} for k in _RESOURCE_KEYS}
   for stage in stages:
     _, seconds = _manifest_results(run_dir, stage)
     if seconds is not None:
       stage_seconds[stage] = round(seconds, 1)
+    m = _read(os.path.join(run_dir, stage, 'manifest.json'), {}) or {}
+    for key in _RESOURCE_KEYS:
+      value = m.get('results', {}).get(key) if key == 'n_shapes' else m.get(key)
+      if value is not None:
+        resources[key][stage] = value
   finetune, _ = _manifest_results(run_dir, 'finetune')
   dictionary, _ = _manifest_results(run_dir, 'dictionary')
   extract, _ = _manifest_results(run_dir, 'gradients')
@@ -401,6 +419,7 @@ def write_report(
       **composition['result']['held_out'],
     },
     'stage_seconds': stage_seconds,
+    **resources,
   }
   write_json(os.path.join(run_dir, 'summary.json'), summary)
 
@@ -538,8 +557,16 @@ def write_report(
     lines += _composition_steering_lines(summary.get('steering_composition'))
     lines += ['', '![steering](steering.png)', '']
   lines += explain.heldout_section(run_dir)
-  lines += ['## Stage timings (s)', '', '| stage | seconds |', '|---|---:|']
-  lines += [f'| {k} | {v} |' for k, v in stage_seconds.items()]
+  lines += [
+    '## Stages',
+    '',
+    '| stage | seconds | compile s | compilations | shapes | peak RSS GB '
+    '| estimated GB |',
+    '|---|---:|---:|---:|---:|---:|---:|',
+  ]
+  for k, v in stage_seconds.items():
+    cells = [_fmt(resources[key].get(k), 2) for key in _RESOURCE_KEYS]
+    lines.append(f'| {k} | {v} | ' + ' | '.join(cells) + ' |')
   lines += [
     '',
     '## Config',

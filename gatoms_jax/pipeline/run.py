@@ -9,11 +9,11 @@ from typing import Any, Optional, Sequence
 
 from absl import logging
 
-from gatoms_jax.core import distributed
+from gatoms_jax.core import compilation, distributed
 from gatoms_jax.core.io import read_json, write_json
 from gatoms_jax.pipeline import fingerprints as fingerprints_lib
 from gatoms_jax.pipeline import lock as lock_lib
-from gatoms_jax.pipeline import manifest
+from gatoms_jax.pipeline import manifest, memory
 from gatoms_jax.pipeline.context import RunContext
 from gatoms_jax.pipeline.stages import STAGE_FUNCTIONS
 
@@ -97,6 +97,8 @@ def _run_stages(
   Returns:
     stage → its manifest.
   """
+  cache_dir = compilation.setup_compile_cache(config.compile_cache_dir)
+  logging.info('persistent compilation cache: %s', cache_dir or 'off')
   ctx = RunContext(config)
   os.makedirs(ctx.run_dir, exist_ok=True)
   fingerprints = fingerprints_lib.input_fingerprints(config)
@@ -132,10 +134,15 @@ def _run_stages(
     os.makedirs(stage_dir, exist_ok=True)
     distributed.barrier(f'{stage}:start')
     start = time.perf_counter()
+    figures = {}
     if stage in WRITER_ONLY_STAGES and not distributed.is_writer():
       extra = {}  # no device work: the writer alone runs it
     else:
-      extra = STAGE_FUNCTIONS[stage](ctx) or {}
+      # Refuses to start beyond the memory limit; measures peak RSS and
+      # compilations (the estimate loads the model, inside the timing).
+      with memory.StageResources(ctx, stage) as resources:
+        extra = STAGE_FUNCTIONS[stage](ctx) or {}
+      figures = resources.figures()
     seconds = time.perf_counter() - start
     done[stage] = manifest.write_manifest(
       stage_dir,
@@ -147,6 +154,7 @@ def _run_stages(
       extra={
         'results': extra,
         'files': manifest.stage_files(fingerprints, stage),
+        **figures,
       },
     )
     # Every process sees the writer's files (and manifest) from here on.

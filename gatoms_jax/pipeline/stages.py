@@ -47,15 +47,24 @@ def run_finetune(ctx: RunContext) -> dict:
     'tokens_per_s': result.tokens_per_s,
     # n_docs_read, n_truncated, n_excluded, per_label (report.md shows them).
     **result.data_stats,
+    'n_shapes': result.n_shapes,
   }
 
 
-def _batches(ctx: RunContext, docs, batch_size):
-  from gatoms_jax.core.data import make_batches, num_batches
+def _batches(ctx: RunContext, docs, tokens_per_batch: int, max_rows: int):
+  """Token-budget batches (`batching.token_batches`) of docs."""
+  from gatoms_jax.core.data import batching
 
-  return (
-    make_batches(docs, batch_size, ctx.config.data.bucket_multiple),
-    num_batches(len(docs), batch_size),
+  multiple = ctx.config.data.bucket_multiple
+  return list(
+    batching.token_batches(
+      docs,
+      tokens_per_batch,
+      max_rows=max_rows,
+      min_length=multiple,
+      multiple=multiple,
+      max_length=ctx.config.data.max_length,
+    )
   )
 
 
@@ -97,10 +106,11 @@ def run_curvature(ctx: RunContext) -> dict:
   if fused and not os.path.exists(os.path.join(fused_dir, 'factors.json')):
     fused, reason = False, 'the gradients stage saved no fused factors'
   logging.info('curvature factors: %s', reason)
+  batches = []
   if fused:  # summed in the gradients stage's forward/backward
     factors = curvature.Factors.load(fused_dir)
   else:
-    batches, n = _batches(ctx, docs, c.batch_size)
+    batches = _batches(ctx, docs, c.tokens_per_batch, c.batch_size)
     factors = curvature.fit_factors(
       mdef,
       base,
@@ -109,7 +119,7 @@ def run_curvature(ctx: RunContext) -> dict:
       fisher=c.fisher,
       token_scope=c.token_scope,
       seed=c.sample_seed,
-      n_batches=n,
+      n_batches=len(batches),
     )
   factors = curvature.eigendecompose(factors)
   store = ctx.store
@@ -126,6 +136,7 @@ def run_curvature(ctx: RunContext) -> dict:
     'n_tokens': factors.n_tokens,
     'n_modules': len(factors.modules),
     'fused_factor_pass': fused,
+    'n_shapes': len({b.tokens.shape for b in batches}),
   }
 
 
@@ -158,14 +169,16 @@ def run_gradients(ctx: RunContext) -> dict:
   fused_dir = os.path.join(ctx.stage_dir('gradients'), _FUSED_DIR)
   if distributed.is_writer():  # never reuse factors of an earlier run
     shutil.rmtree(fused_dir, ignore_errors=True)
-  if fused:
-    extractor = fused_lib.FusedExtractor(
-      mdef, base, lora, compute_dtype=c.compute_dtype
-    )
-  else:
-    extractor = grads.GradientExtractor(
-      mdef, base, lora, compute_dtype=c.compute_dtype
-    )
+  make_extractor = (
+    fused_lib.FusedExtractor if fused else grads.GradientExtractor
+  )
+  extractor = make_extractor(
+    mdef,
+    base,
+    lora,
+    compute_dtype=c.compute_dtype,
+    tokens_per_slab=c.tokens_per_slab,
+  )
   stats = grads.extract_to_store(
     extractor,
     ctx.train_docs,
@@ -183,7 +196,10 @@ def run_gradients(ctx: RunContext) -> dict:
   distributed.barrier('gradients:written')
   ctx.__dict__.pop('store', None)  # reopen to see the new chunks
   stats.update(
-    n_rows=ctx.store.n_rows, dim=ctx.store.dim, n_skipped=len(ctx.store.skipped)
+    n_rows=ctx.store.n_rows,
+    dim=ctx.store.dim,
+    n_skipped=len(ctx.store.skipped),
+    n_shapes=extractor.n_compiled_shapes,
   )
   return stats
 
@@ -507,6 +523,7 @@ def run_steering(ctx: RunContext) -> dict:
     batch_size=c.batch_size,
     max_rows=c.max_rows,
     min_bucket=c.min_prompt_bucket,
+    tokens_per_batch=c.tokens_per_batch,
   )
   runner = sweep.SweepRunner(
     gen,
@@ -611,7 +628,7 @@ def run_steering(ctx: RunContext) -> dict:
     composed = _steer_composition(c, runner, sets, results, steered, directions)
     write_json(os.path.join(out, 'composition.json'), composed)
   write_json(os.path.join(out, 'sweeps.json'), results)
-  return {'steering': table}
+  return {'steering': table, 'n_shapes': len(gen.shapes_seen)}
 
 
 def run_report(ctx: RunContext) -> dict:

@@ -148,6 +148,8 @@ class Generator:
     min_rows: smallest batch that compaction shrinks to.
     max_rows: rows per call with several adapters (adapters × prompts).
     progress: show a tqdm bar over calls.
+    tokens_per_batch: cap on rows × (prompt bucket + max_new_tokens) of a
+      generation call (bounds the KV cache for long prompts); None: no cap.
   """
 
   def __init__(
@@ -162,6 +164,7 @@ class Generator:
     min_rows: int = 8,
     max_rows: int = 256,
     progress: bool = True,
+    tokens_per_batch: Optional[int] = None,
   ):
     for name, value in (
       ('segment', segment),
@@ -179,6 +182,17 @@ class Generator:
     self.min_rows = min_rows
     self.max_rows = max_rows
     self.progress = progress
+    self.tokens_per_batch = tokens_per_batch
+    # (rows, prompt bucket) of every generation call so far.
+    self.shapes_seen: set[tuple[int, int]] = set()
+
+  def _rows_cap(self, per_call: int, bucket: int, max_new_tokens: int) -> int:
+    """Rows of a call at this prompt bucket under tokens_per_batch (a
+    power of two when capped, so one shape per bucket)."""
+    if not self.tokens_per_batch:
+      return per_call
+    fit = max(1, int(self.tokens_per_batch) // (bucket + max_new_tokens))
+    return min(per_call, 1 << (fit.bit_length() - 1))
 
   def _batch_size(self, n: int) -> int:
     if self.batch_size is not None:
@@ -302,9 +316,10 @@ class Generator:
     while start < len(order):
       p = bucket_length(len(prompts[jobs[order[start]][1]]), self.min_bucket)
       stop = start
+      cap = self._rows_cap(per_call, p, max_new_tokens)
       while (
         stop < len(order)
-        and stop - start < per_call
+        and stop - start < cap
         and bucket_length(len(prompts[jobs[order[stop]][1]]), self.min_bucket)
         == p
       ):
@@ -328,7 +343,13 @@ class Generator:
     for p, rows in bar:
       # Single adapter: every call has per_call rows (padding rows), so all
       # calls of a bucket share one compilation.
-      n_rows = per_call if n_adapters is None else _padded_rows(len(rows))
+      cap = self._rows_cap(per_call, p, max_new_tokens)
+      n_rows = (
+        cap
+        if n_adapters is None
+        else min(_padded_rows(len(rows)), max(cap, len(rows)))
+      )
+      self.shapes_seen.add((n_rows, p))
       row_ids = np.full((n_rows,), -1, np.int64)
       row_ids[: len(rows)] = rows
       tokens, valid = _left_pad(
