@@ -20,7 +20,7 @@ from unittest import mock
 from absl.testing import absltest
 
 from configs import common
-from gatoms_jax.pipeline import fingerprints, lock, manifest
+from gatoms_jax.pipeline import fingerprints, lock, manifest, memory
 
 # The module (gatoms_jax.pipeline re-exports its `run` function by that name).
 run_lib = importlib.import_module('gatoms_jax.pipeline.run')
@@ -135,6 +135,11 @@ class RerunTest(absltest.TestCase):
         run_lib.STAGE_FUNCTIONS,
         _recording_stages(self.calls, self.leftovers),
       )
+    )
+    # The recorders load no model, and the files here are not a model: no
+    # memory estimate (it reads the model's shapes).
+    self.enter_context(
+      mock.patch.object(memory.StageResources, '_estimate', return_value=None)
     )
     self.data = _write(os.path.join(self.tmp, 'data.jsonl'), 'v1\n')
     self.prompts = _write(os.path.join(self.tmp, 'prompts.jsonl'), 'p1\n')
