@@ -303,3 +303,29 @@ def test_greedy_tokens_match_transformers(loaded):
       )[0, len(ids) :].tolist()
     want = [t for t in out if t not in eos]
     assert got == want, (name, tok.decode(got), tok.decode(want))
+
+
+def test_embedded_names_and_unsupported_types():
+  from types import SimpleNamespace
+
+  import gguf
+
+  from gatoms_jax.core.models import gguf_reader
+  from gatoms_jax.core.models.errors import (
+    ModelLoadError,
+    UnsupportedModelError,
+  )
+
+  assert embedded.resolve('/some/model.gguf') == '/some/model.gguf'
+  assert embedded.embedded_name('embedded') == 'smollm2'
+  assert embedded.hf_model_name(NAME) == 'google/gemma-3-270m'
+  with pytest.raises(ModelLoadError, match='Unknown embedded model'):
+    embedded.resolve('embedded:gemma7')
+  tensor = SimpleNamespace(
+    name='blk.0.ffn_up.weight',
+    tensor_type=gguf.GGMLQuantizationType.IQ2_XXS,
+    data=np.zeros(66, np.uint8),
+    shape=np.array([256, 1]),
+  )
+  with pytest.raises(UnsupportedModelError, match='IQ2_XXS; supported: F32'):
+    gguf_reader.dequantize(tensor, 'x.gguf')
