@@ -14,8 +14,9 @@ SmolLM2-135M's 30 do (~100M weights each), but its 262k-entry vocabulary
 makes the LM head ~6x SmolLM2's, which dominates decoding. So the demo's
 settings (configs/smollm2_demo.py: ~24 min, steering ~12 of them) are kept
 except steering, which is trimmed to 24 prompts per behaviour and 96 new
-tokens. Timing on this machine: see docs/notes or the closing note of issue
-14 (the first run was made with 6-8 other jobs sharing the 2 cores).
+tokens. Not yet timed end to end: the first run shared the 2 cores with
+~7 other jobs (load average 14-25), where fine-tuning alone took ~35 min
+(5-100 s per step, with the load); the ≤ 60 min target is unconfirmed.
 """
 
 from configs import smollm2_demo
