@@ -15,8 +15,8 @@ makes the LM head ~6x SmolLM2's, which dominates decoding. So the demo's
 settings (configs/smollm2_demo.py: ~24 min, steering ~12 of them) are kept
 except steering, which is trimmed to 24 prompts per behaviour and 96 new
 tokens. Not yet timed end to end: the first run shared the 2 cores with
-~7 other jobs (load average 14-25), where fine-tuning alone took ~35 min
-(5-100 s per step, with the load); the ≤ 60 min target is unconfirmed.
+~7 other jobs (load average 14-25), where fine-tuning alone took 2,912 s
+(4-100 s per step, with the load); the ≤ 60 min target is unconfirmed.
 """
 
 from configs import smollm2_demo
