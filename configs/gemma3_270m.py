@@ -14,9 +14,11 @@ SmolLM2-135M's 30 do (~100M weights each), but its 262k-entry vocabulary
 makes the LM head ~6x SmolLM2's, which dominates decoding. So the demo's
 settings (configs/smollm2_demo.py: ~24 min, steering ~12 of them) are kept
 except steering, which is trimmed to 24 prompts per behaviour and 96 new
-tokens. Not yet timed end to end: the first run shared the 2 cores with
-~7 other jobs (load average 14-25), where fine-tuning alone took 2,912 s
-(4-100 s per step, with the load); the ≤ 60 min target is unconfirmed.
+tokens. Not yet timed end to end unloaded: the first run shared the 2
+cores with ~7 other jobs (load average 14-25, later 2-8): finetune 2,912 s,
+gradients 697 s, curvature 305 s, projection + dictionary + atoms 16 s
+(10 of 15 task types recovered, k-means 11); steering unmeasured. The
+≤ 60 min target is unconfirmed.
 """
 
 from configs import smollm2_demo
