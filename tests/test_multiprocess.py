@@ -102,6 +102,22 @@ class MultiprocessBasicsTest(absltest.TestCase):
     self.assertFalse(os.path.exists(os.path.join(out, 'written_by_1.json')))
 
 
+def _assert_equal_but_floats(test, a, b, rtol=1e-2, path='verdicts'):
+  """Structures equal, floats within rtol (ints, strings, bools exactly)."""
+  if isinstance(a, dict):
+    test.assertEqual(set(a), set(b), path)
+    for k in a:
+      _assert_equal_but_floats(test, a[k], b[k], rtol, f'{path}.{k}')
+  elif isinstance(a, (list, tuple)):
+    test.assertEqual(len(a), len(b), path)
+    for i, (x, y) in enumerate(zip(a, b)):
+      _assert_equal_but_floats(test, x, y, rtol, f'{path}[{i}]')
+  elif isinstance(a, float) and not isinstance(a, bool):
+    np.testing.assert_allclose(a, b, rtol=rtol, err_msg=path)
+  else:
+    test.assertEqual(a, b, path)
+
+
 class MultiprocessPipelineTest(absltest.TestCase):
   def test_multihost_pipeline_equals_single_process(self):
     tmp = tempfile.mkdtemp()
@@ -141,7 +157,12 @@ class MultiprocessPipelineTest(absltest.TestCase):
     atoms_b = read(b, 'atoms', 'atoms.json')['atoms']
     self.assertEqual([s['atom'] for s in atoms_a], [s['atom'] for s in atoms_b])
     sa, sb = read(a, 'summary.json'), read(b, 'summary.json')
-    self.assertEqual(sa['steering_verdicts'], sb['steering_verdicts'])
+    # Verdicts, rates, p-values and chosen variants equal; the calibrated
+    # coefficients c (found by secant steps on the KL) inherit the ~1e-4
+    # relative differences above: 4e-4 relative seen, 1e-2 allowed.
+    _assert_equal_but_floats(
+      self, sa['steering_verdicts'], sb['steering_verdicts']
+    )
     for behavior, row in sa['steering'].items():
       for k in ('baseline', 'best_toward', 'best_away'):
         self.assertAlmostEqual(
