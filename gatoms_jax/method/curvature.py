@@ -295,19 +295,42 @@ class FactorAccumulator:
     self.n_batches += 1
 
   def finalize(self) -> Factors:
-    if self.sums is None or self.count == 0:
-      raise CurvatureError('No tokens were accumulated: empty factor pass')
-    a_cov, s_cov = {}, {}
-    for leaf, (a_sum, s_sum) in self.sums.items():
-      a_cov[leaf] = sharding.to_host(a_sum).astype(np.float64) / self.count
-      s_cov[leaf] = sharding.to_host(s_sum).astype(np.float64) / self.count
-    return Factors(
-      a_cov=a_cov,
-      s_cov=s_cov,
-      n_tokens=self.count,
+    return factors_from_sums(
+      self.sums,
+      self.count,
       fisher=self.fisher,
       token_scope=self.token_scope,
+      source='factor pass',
     )
+
+
+def factors_from_sums(
+  sums: Any, count: float, *, fisher: str, token_scope: str, source: str
+) -> Factors:
+  """Mean factors A = Σ a aᵀ / n, S = Σ s sᵀ / n from device-side sums.
+
+  Args:
+    sums: {leaf: (Σ a aᵀ, Σ s sᵀ)} (None when nothing was accumulated).
+    count: n, the number of tokens summed.
+    fisher, token_scope: how the sums were taken (recorded in the Factors).
+    source: what accumulated them, for the error message.
+
+  Raises:
+    CurvatureError: when no token was accumulated.
+  """
+  if sums is None or count == 0:
+    raise CurvatureError(f'No tokens were accumulated: empty {source}')
+  a_cov, s_cov = {}, {}
+  for leaf, (a_sum, s_sum) in sums.items():
+    a_cov[leaf] = sharding.to_host(a_sum).astype(np.float64) / count
+    s_cov[leaf] = sharding.to_host(s_sum).astype(np.float64) / count
+  return Factors(
+    a_cov=a_cov,
+    s_cov=s_cov,
+    n_tokens=count,
+    fisher=fisher,
+    token_scope=token_scope,
+  )
 
 
 def fit_factors(

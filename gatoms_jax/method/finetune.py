@@ -385,6 +385,21 @@ def make_optimizer(
   return opt
 
 
+def _scaled_loss(mdef: lora_lib.ModelDef, base: Any, batch: dict) -> Callable:
+  """params → (scale · Σ CE, Σ CE) of one call, the LoRA cast to the base's
+  dtype (fp32 masters, compute at the model's dtype)."""
+  dtype = jax.tree.leaves(base)[0].dtype
+
+  def loss_fn(params):
+    cast = jax.tree.map(lambda x: x.astype(dtype), params)
+    total = losses.batch_loss(
+      cast, mdef, base, batch['tokens'], batch['index'], batch['weight']
+    )
+    return total * batch['scale'], total
+
+  return loss_fn
+
+
 def make_train_step(
   mdef: lora_lib.ModelDef, optimizer: optax.GradientTransformation
 ) -> Callable:
@@ -398,16 +413,9 @@ def make_train_step(
   """
 
   def step(lora, opt_state, base, batch):
-    dtype = jax.tree.leaves(base)[0].dtype
-
-    def loss_fn(params):
-      cast = jax.tree.map(lambda x: x.astype(dtype), params)
-      total = losses.batch_loss(
-        cast, mdef, base, batch['tokens'], batch['index'], batch['weight']
-      )
-      return total * batch['scale'], total
-
-    (_, total), g = jax.value_and_grad(loss_fn, has_aux=True)(lora)
+    (_, total), g = jax.value_and_grad(
+      _scaled_loss(mdef, base, batch), has_aux=True
+    )(lora)
     updates, opt_state = optimizer.update(g, opt_state, lora)
     lora = optax.apply_updates(lora, updates)
     return lora, opt_state, {'loss_sum': total, 'grad_norm': optax.tree.norm(g)}
@@ -420,16 +428,9 @@ def make_grad_step(mdef: lora_lib.ModelDef) -> Callable:
   gradient of scale · Σ CE added to the accumulator `acc` (donated)."""
 
   def step(lora, acc, base, batch):
-    dtype = jax.tree.leaves(base)[0].dtype
-
-    def loss_fn(params):
-      cast = jax.tree.map(lambda x: x.astype(dtype), params)
-      total = losses.batch_loss(
-        cast, mdef, base, batch['tokens'], batch['index'], batch['weight']
-      )
-      return total * batch['scale'], total
-
-    (_, total), g = jax.value_and_grad(loss_fn, has_aux=True)(lora)
+    (_, total), g = jax.value_and_grad(
+      _scaled_loss(mdef, base, batch), has_aux=True
+    )(lora)
     return jax.tree.map(jnp.add, acc, g), total
 
   return jax.jit(step, donate_argnums=1)

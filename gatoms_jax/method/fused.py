@@ -39,7 +39,8 @@ import numpy as np
 from gatoms_jax.core import sharding
 from gatoms_jax.core.models import lora as lora_lib
 from gatoms_jax.method import gradients as grads
-from gatoms_jax.method.curvature import CurvatureError, Factors
+from gatoms_jax.method import curvature
+from gatoms_jax.method.curvature import Factors
 
 Array = jax.Array
 PyTree = Any
@@ -195,16 +196,10 @@ class FusedExtractor(grads.GradientExtractor):
 
   def factors(self) -> Factors:
     """Mean factors A = Σ a aᵀ / n, S = Σ s sᵀ / n (empirical, loss scope)."""
-    if self.sums is None or self.count == 0:
-      raise CurvatureError('No tokens were accumulated: empty fused pass')
-    a_cov, s_cov = {}, {}
-    for leaf, (a_sum, s_sum) in self.sums.items():
-      a_cov[leaf] = sharding.to_host(a_sum).astype(np.float64) / self.count
-      s_cov[leaf] = sharding.to_host(s_sum).astype(np.float64) / self.count
-    return Factors(
-      a_cov=a_cov,
-      s_cov=s_cov,
-      n_tokens=self.count,
+    return curvature.factors_from_sums(
+      self.sums,
+      self.count,
       fisher='empirical',
       token_scope='loss',
+      source='fused pass',
     )
