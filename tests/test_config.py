@@ -10,7 +10,12 @@ from configs import common
 
 class ValidateTest(parameterized.TestCase):
   @parameterized.parameters(
-    'smollm2_demo', 'tiny_test', 'gemma3_4b_paper', 'gemma3_270m'
+    'smollm2_demo',
+    'smollm2_steering',
+    'smollm2_compositional',
+    'tiny_test',
+    'gemma3_4b_paper',
+    'gemma3_270m',
   )
   def test_shipped_configs_are_valid(self, name):
     common.validate(importlib.import_module(f'configs.{name}').get_config())

@@ -47,6 +47,7 @@ TINY = {
   'dictionary.n_iter': 4,
   'atoms.top_n': 5,
   'atoms.report_top': 5,
+  'data.compositional_fraction': 0.2,
   'steering.behaviors': ('yes_no', 'bullets'),
   'steering.prompts_per_behavior': 6,
   'steering.kl_levels': (0.5,),
