@@ -106,6 +106,36 @@ class HeldOutTest(absltest.TestCase):
     self.assertEqual(tie['toward']['p_value'], 1.0)
     self.assertFalse(tie['toward']['steers'])
 
+  def test_a_variant_moving_the_rate_the_asked_way_is_preferred(self):
+    # Baseline 25% yes. "away" at level 0.5: the atom's -0.5 lowers the rate
+    # to 0 (margin 0 over a null that does the same); at level 1 its +1
+    # raises it to 50% while both nulls raise it to 100% (margin +50 by the
+    # numbers alone). Lowering the rate must win over "raising it less".
+    no, yes = 'Here is a long answer.', 'Yes.'
+    rate = lambda k: _record([yes] * k + [no] * (40 - k))
+    res = {
+      'behavior': 'yes_no',
+      'invites': [True] * 40,
+      'baseline': rate(10),
+      'directions': {
+        'atom1': {'variants': {'-0.5': rate(0), '+1': rate(20)}},
+        'random0': {
+          'variants': {
+            '+0.5': rate(10),
+            '-0.5': rate(0),
+            '+1': rate(40),
+            '-1': rate(40),
+          }
+        },
+      },
+    }
+    for name in res['directions']:
+      for key, rec in res['directions'][name]['variants'].items():
+        rec.update(coefficient=float(key), kl=abs(float(key)) / 2)
+    away = sweep.held_out_verdicts(res, ['atom1'], ['random0'])['away']
+    self.assertEqual(away['coefficient'], -0.5)
+    self.assertLess(away['shift_pp'], 0)
+
   def test_selection_and_test_halves_are_separate(self):
     # The atom says yes on the first half of the prompts in order only: the
     # selection half (even positions) and test half (odd) see the same rate.

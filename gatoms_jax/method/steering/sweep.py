@@ -374,8 +374,10 @@ def _pick_on_selection(
   guard,
 ):
   """(name, key) of the guarded variant with the largest margin over the
-  strongest null on the selection half (ties: smaller KL level)."""
-  best, best_score = None, -math.inf
+  strongest null on the selection half (ties: smaller KL level). Variants
+  that move the rate the asked way come first: a variant that moves it the
+  other way only "beats" nulls that moved it further still."""
+  best, best_score = None, (False, -math.inf)
   for name, sweep in candidates.items():
     for key, rec in sorted(sweep.items(), key=lambda kv: abs(kv[0])):
       if not guard(rec):
@@ -387,7 +389,7 @@ def _pick_on_selection(
         for k in n
         if math.isclose(abs(k), abs(key))
       ]
-      score = effect - max(null_effects, default=0.0)
+      score = (effect > 0, effect - max(null_effects, default=0.0))
       if score > best_score:
         best, best_score = (name, key), score
   return best
