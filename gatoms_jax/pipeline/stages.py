@@ -418,7 +418,7 @@ def _unmatched_groups(active, matched, chosen, n_groups, coherence):
   return [g for g in groups if len(g) == size]
 
 
-def _ceiling_vector(ctx: RunContext, ids, behavior: str):
+def _ceiling_vector(projected, responses, behavior: str):
   """Supervised direction in the projected space: the mean whitened
   projected gradient of training documents whose responses fire the
   behaviour's detector minus the mean over the rest (no labels used).
@@ -426,7 +426,7 @@ def _ceiling_vector(ctx: RunContext, ids, behavior: str):
   from gatoms_jax.method.steering import behaviors
 
   detect = behaviors.get_detector(behavior)
-  fired = np.array([bool(detect(r)) for r in ctx.responses(ids)])
+  fired = np.array([bool(detect(r)) for r in responses])
   if fired.all() or not fired.any():
     logging.info(
       'steering %s: no ceiling (detector fires on %d of %d docs)',
@@ -435,8 +435,7 @@ def _ceiling_vector(ctx: RunContext, ids, behavior: str):
       fired.size,
     )
     return None
-  G = ctx.load_npy('projection', 'projected.npy')
-  return G[fired].mean(axis=0) - G[~fired].mean(axis=0)
+  return projected[fired].mean(axis=0) - projected[~fired].mean(axis=0)
 
 
 def _steer_composition(c, runner, sets, results, steered, directions) -> dict:
@@ -511,7 +510,10 @@ def run_steering(ctx: RunContext) -> dict:
   # Atom ↔ behaviour matching without labels: detectors on the atoms' top
   # training responses (ties broken by coherence).
   active = [s for s in summaries if s['n_active'] >= c.min_active_docs]
-  top_responses = atoms.atom_top_responses(active, ids, ctx.responses(ids))
+  responses = ctx.responses(ids)
+  top_responses = atoms.atom_top_responses(active, ids, responses)
+  # Read once for every behaviour's ceiling.
+  projected = ctx.load_npy('projection', 'projected.npy') if c.ceiling else None
   coherence = {s['atom']: s['coherence'] for s in active}
   matches = behaviors.match_atoms_to_behaviors(
     top_responses, list(c.behaviors), tiebreak=coherence
@@ -569,7 +571,7 @@ def run_steering(ctx: RunContext) -> dict:
       controls[f'unmatched{u}'] = directions.combined(group)
     ceiling = {}
     if c.ceiling:
-      vector = _ceiling_vector(ctx, ids, name)
+      vector = _ceiling_vector(projected, responses, name)
       if vector is not None:
         ceiling['ceiling'] = directions.from_vector(vector)
     if saved and saved.get('key') == key:
