@@ -289,6 +289,16 @@ class _Page:
     self.context.close()
 
 
+def _navigate(page, link, ready):
+  """Clicks `link` and waits until the view it routes to shows `ready`.
+
+  Every view change goes through a hash change, whose event (and so the
+  re-render) comes after the click returns: counting at once races it.
+  """
+  page.click(link)
+  page.wait_for_selector(ready)
+
+
 def _column(page, index):
   cells = page.locator(f'#atoms-table tbody tr td:nth-child({index})')
   return [float(x) if x != '–' else None for x in cells.all_inner_texts()]
@@ -358,7 +368,9 @@ def test_tiny_run_in_browser(browser, tiny_run, tmp_path):
   page.fill('#atom-filter', '')
 
   # Open the swept atom from the table.
-  page.click(f'#atoms-table tbody tr[data-atom="{swept_atom}"]')
+  _navigate(
+    page, f'#atoms-table tbody tr[data-atom="{swept_atom}"]', '#atom-title'
+  )
   assert (
     page.locator('#atom-title').inner_text().startswith(f'Atom {swept_atom}')
   )
@@ -390,6 +402,7 @@ def test_tiny_run_in_browser(browser, tiny_run, tmp_path):
   page.locator(
     '#top-positive .doc .head a, #top-negative .doc .head a'
   ).first.click()
+  page.wait_for_selector('#doc-title')
   row = int(page.evaluate('location.hash').split('/')[-1])
   assert ids[row] in page.locator('#doc-title').inner_text()
   listed = page.locator('#doc-atoms tr').count() - 1  # minus the header
@@ -397,11 +410,11 @@ def test_tiny_run_in_browser(browser, tiny_run, tmp_path):
   page.screenshot(path=str(tmp_path / 'document.png'), full_page=True)
 
   # Every document is reachable from the documents view.
-  page.click('#nav-docs')
+  _navigate(page, '#nav-docs', '#doc-filter')
   page.fill('#doc-filter', ids[-1])
-  page.click(f'#docs-table tr[data-row="{len(ids) - 1}"]')
+  _navigate(page, f'#docs-table tr[data-row="{len(ids) - 1}"]', '#doc-title')
   assert ids[-1] in page.locator('#doc-title').inner_text()
-  page.click('#nav-run')
+  _navigate(page, '#nav-run', '#stages-table tr')
   assert page.locator('#stages-table tr').count() > 1
   # The config is the run's (config.json is only written after the report).
   assert '"run_name": "tiny"' in page.locator('pre.config').inner_text()
@@ -427,10 +440,11 @@ def test_paper_scale_in_browser(browser, paper_scale, tmp_path):
   first = page.locator('#atoms-table tbody tr').first
   atom = int(first.get_attribute('data-atom'))
   first.click()
+  page.wait_for_selector('#top-positive .doc')
   assert page.locator('#top-positive .doc').count() == 10  # one list page
-  page.click('#nav-docs')
+  _navigate(page, '#nav-docs', '#docs-table tr[data-row]')
   assert page.locator('#docs-table tr[data-row]').count() == 50
-  page.click('#docs-table tr[data-row="0"]')
+  _navigate(page, '#docs-table tr[data-row="0"]', '.text.prompt')
   # The hostile document's text is shown as text, not markup.
   assert page.locator('.text.prompt').inner_text() == _HOSTILE
   assert page.locator('img').count() == 0
