@@ -170,6 +170,7 @@ def main(argv):
   # Other jobs share this machine: the load goes next to the timings, and a
   # noisy run reports no ratio (experiments/_bench.py).
   load_start = _bench.load_average()
+  cpu_start = _bench.cpu_snapshot()
 
   if planted is not None:
     # Reference: the planted directions as a dictionary, codes solved to 1e-7.
@@ -223,7 +224,9 @@ def main(argv):
   speedup = None
   if out.get('jax_s') and 'sklearn_s' in out:
     speedup = out['sklearn_s'] / out['jax_s']
-  _bench.finish_from_flags(out, {'speedup_vs_sklearn': speedup}, load_start)
+  _bench.finish_from_flags(
+    out, {'speedup_vs_sklearn': speedup}, load_start, cpu_start
+  )
   print(json.dumps(out))
 
 

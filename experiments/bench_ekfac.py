@@ -39,7 +39,8 @@ runs separately there. The fused pass (method/fused.py; empirical Fisher,
 scope 'loss') is timed beside it (jax_pipeline_fused_s).
 
 Ratios obey experiments/_bench.py: null when the load average exceeds
---max_load at the start or end, unless --allow_noisy.
+--max_load at the start, or other processes used more than
+--max_other_cores during the run, unless --allow_noisy.
 
 Accuracy: for every module, the relative error of the top eigenvalue of A,
 of S, and of the largest Λ entry (kronfluence's Λ is (out, in): transposed).
@@ -505,6 +506,7 @@ def main(argv):
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   _set_devices(FLAGS.devices)
   load_start = _bench.load_average()
+  cpu_start = _bench.cpu_snapshot()
   tokenized, batches = load_data()
   factors, lora_tree, jax_t, compile_s, jax_loss = run_jax(tokenized, batches)
   jax_s = (
@@ -609,7 +611,7 @@ def main(argv):
     devices=FLAGS.devices,
     batch_size=FLAGS.batch_size,
   )
-  _bench.finish_from_flags(result, ratios, load_start)
+  _bench.finish_from_flags(result, ratios, load_start, cpu_start)
   print(json.dumps(result))
 
 

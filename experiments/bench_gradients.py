@@ -90,6 +90,14 @@ flags.DEFINE_bool(
   'badly when other processes share the cores.',
 )
 
+flags.DEFINE_bool(
+  'scan_layers',
+  True,
+  'The model runs its layers under lax.scan (else unrolled).',
+)
+flags.DEFINE_enum(
+  'remat', 'dots', ['none', 'dots', 'full'], "The layers' remat policy."
+)
 flags.DEFINE_list(
   'matmul_sizes', ['1024', '2048', '4096'], 'Square matmuls for the rates.'
 )
@@ -239,14 +247,16 @@ def _cpu_seconds() -> float:
 # The three implementations.
 
 
-def load_jax(seed, b_std):
+def load_jax(seed, b_std, scan_layers=True, remat='dots'):
   from gatoms_jax.core.models import convert
   from gatoms_jax.core.models import lora as lora_lib
   from gatoms_jax.core.models.transformer import LoraConfig
+  from gatoms_jax.core.models.transformer import set_layer_execution
 
   model = convert.load_model(
     'embedded', lora=LoraConfig(rank=RANK, alpha=ALPHA, targets=TARGETS)
   )
+  set_layer_execution(model, scan_layers=scan_layers, remat=remat)
   mdef, base, lora = lora_lib.split(model)
   lora = lora_lib.init_lora(lora, seed, b_std=b_std)
   return mdef, base, lora
@@ -355,6 +365,8 @@ def main(argv):
   logging.info('documents: %s; lengths %s', source, lengths.tolist())
 
   load_start = _bench.load_average()
+
+  cpu_start = _bench.cpu_snapshot()
   out = {}
   precisions = list(FLAGS.precisions)
   unknown = set(precisions) - set(REL_ERR_BOUND)
@@ -369,7 +381,9 @@ def main(argv):
     out['matmul_gflops_bf16'] = max(rates.values())
     out['matmul_rates_bf16'] = {k: round(v, 1) for k, v in rates.items()}
 
-  mdef, base, lora = load_jax(FLAGS.seed, FLAGS.b_std)
+  mdef, base, lora = load_jax(
+    FLAGS.seed, FLAGS.b_std, scan_layers=FLAGS.scan_layers, remat=FLAGS.remat
+  )
   kw = {'method': FLAGS.method}
   if FLAGS.tokens_per_slab:
     kw['tokens_per_slab'] = FLAGS.tokens_per_slab
@@ -531,10 +545,12 @@ def main(argv):
     'slabs_per_call': extractor.slabs_per_call,
     'compiled_shapes': extractor.n_compiled_shapes,
     'devices': extractor.n_devices,
+    'scan_layers': FLAGS.scan_layers,
+    'remat': FLAGS.remat,
   }
   out['precisions'] = precisions
   out['torch_threads'] = torch.get_num_threads()
-  _bench.finish_from_flags(out, ratios, load_start)
+  _bench.finish_from_flags(out, ratios, load_start, cpu_start)
   print(json.dumps(out))
 
 

@@ -4,6 +4,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 from absl.testing import absltest
 
@@ -26,17 +27,43 @@ class FinishTest(absltest.TestCase):
     self.assertEqual(out['max_load'], _bench.DEFAULT_MAX_LOAD)
 
   def test_noisy_run_refuses_ratios_unless_allowed(self):
-    for start, end in ((2.0, 0.5), (0.5, 1.6)):  # either end counts
-      out = _bench.finish({}, {'speedup': 2.0}, load_start=start, load_end=end)
-      self.assertTrue(out['noisy'])
-      self.assertIsNone(out['speedup'])
-      self.assertEqual(out['refused_ratios'], ['speedup'])
+    out = _bench.finish({}, {'speedup': 2.0}, load_start=2.0, load_end=0.5)
+    self.assertTrue(out['noisy'])
+    self.assertIsNone(out['speedup'])
+    self.assertEqual(out['refused_ratios'], ['speedup'])
     out = _bench.finish(
       {}, {'speedup': 2.0}, load_start=3.0, load_end=3.0, allow_noisy=True
     )
     self.assertTrue(out['noisy'])
     self.assertEqual(out['speedup'], 2.0)
     self.assertEqual(out['refused_ratios'], [])
+
+
+class OtherCoresTest(absltest.TestCase):
+  def test_own_load_at_the_end_is_not_noise(self):
+    # A bench keeping both cores busy ends at load ~2 by itself.
+    self.assertFalse(_bench.is_noisy(0.3, other=0.05))
+    self.assertTrue(_bench.is_noisy(0.3, other=0.6))
+    self.assertTrue(_bench.is_noisy(1.6, other=0.0))
+
+  def test_another_process_busy_during_the_run_is_counted(self):
+    start = _bench.cpu_snapshot()
+    if start.machine_busy_s is None:
+      self.skipTest('no /proc/stat')
+    spin = 'import time\nt = time.time()\nwhile time.time() - t < 1.5: pass'
+    proc = subprocess.Popen([sys.executable, '-c', spin])
+    time.sleep(1.5)  # this process idles while the other one spins
+    other = _bench.other_cores(start)
+    out = _bench.finish(
+      {}, {'speedup': 2.0}, load_start=0.0, load_end=0.0, cpu_start=start
+    )
+    proc.wait()  # from here on its CPU counts as this process tree's own
+    # The spinner kept one core busy for most of the 1.5 s (less its start-up);
+    # anything else running only adds.
+    self.assertGreater(other, 0.5)
+    self.assertTrue(out['noisy'])
+    self.assertIsNone(out['speedup'])
+    self.assertGreater(out['other_cores'], 0.5)
 
 
 class BenchDictionaryTest(absltest.TestCase):

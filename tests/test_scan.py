@@ -229,6 +229,27 @@ class ScanTest(parameterized.TestCase):
     set_layer_execution(other, scan_layers=False, remat='dots')
     self.assertNotEqual(lora_lib.split(other)[0], splits[0][0])
 
+  def test_with_layer_execution_switches_only_the_layout(self):
+    """The gradients stage's unrolled def: same base and adapter, same
+    per-document rows, the other layout (and remat kept)."""
+    from gatoms_jax.method import gradients as grads
+
+    mdef, base, lora = _split('gemma', True, 'dots')
+    unrolled = lora_lib.with_layer_execution(
+      mdef, base, lora, scan_layers=False
+    )
+    self.assertEqual(unrolled, _split('gemma', False, 'dots')[0])
+    model = lora_lib.merge(unrolled, base, lora)
+    self.assertEqual((model.scan_layers, model.remat), (False, 'dots'))
+    tokens = np.asarray(_tokens(b=3, t=11))
+    mask = np.zeros_like(tokens, bool)
+    mask[:, 6:] = True
+    rows = [
+      grads.GradientExtractor(d, base, lora)(tokens, mask)
+      for d in (mdef, unrolled)
+    ]
+    _close(self, rows[1], rows[0])
+
   def test_bad_remat_is_rejected(self):
     model = lora_lib.make_model(_arch('llama'), LORA, seed=0)
     with self.assertRaisesRegex(ValueError, 'remat must be one of'):

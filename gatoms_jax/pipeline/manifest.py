@@ -75,6 +75,7 @@ EXCLUDED_FROM_SECTIONS = frozenset(
     'finetune.eval_every',
     'gradients.batch_size',
     'gradients.tokens_per_slab',
+    'gradients.scan_layers',
     'finetune.tokens_per_batch',
     'curvature.tokens_per_batch',
     'steering.tokens_per_batch',

@@ -142,6 +142,7 @@ def run_curvature(ctx: RunContext) -> dict:
 
 def run_gradients(ctx: RunContext) -> dict:
   """Per-document gradients of the training docs into a GradientStore."""
+  from gatoms_jax.core.models import lora as lora_lib
   from gatoms_jax.method import fused as fused_lib
   from gatoms_jax.method import gradients as grads
   from gatoms_jax.core.store import GradientStore, layout_from_tree
@@ -149,6 +150,10 @@ def run_gradients(ctx: RunContext) -> dict:
   c = ctx.config.gradients
   mdef, base, _ = ctx.split_model
   lora = ctx.finetuned_lora
+  if c.get('scan_layers') is not None:  # configs before it: the model's own
+    mdef = lora_lib.with_layer_execution(
+      mdef, base, lora, scan_layers=c.scan_layers
+    )
   open_store = functools.partial(
     GradientStore.open_or_create,
     os.path.join(ctx.stage_dir('gradients'), 'store'),

@@ -21,6 +21,7 @@ from flax import nnx
 
 from gatoms_jax.core.models.config import ModelConfig
 from gatoms_jax.core.models.transformer import LoraConfig, Transformer
+from gatoms_jax.core.models.transformer import set_layer_execution
 
 Array = jax.Array
 PyTree = Any
@@ -72,6 +73,16 @@ def split(model: Transformer) -> tuple[ModelDef, PyTree, LoraTree]:
   treedef = jax.tree_util.tree_structure(lora_state)
   mdef = ModelDef(graphdef, treedef, model.config, model.lora_config)
   return mdef, base_state, lora
+
+
+def with_layer_execution(
+  mdef: ModelDef, base: PyTree, lora: LoraTree, *, scan_layers: bool
+) -> ModelDef:
+  """`mdef` whose model runs its layers scanned or unrolled (same weights,
+  same results, same remat policy); `base` and `lora` serve both."""
+  model = merge(mdef, base, lora)
+  set_layer_execution(model, scan_layers=scan_layers, remat=model.remat)
+  return split(model)[0]
 
 
 def merge(mdef: ModelDef, base: PyTree, lora: LoraTree) -> Transformer:
