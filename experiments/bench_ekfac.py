@@ -225,6 +225,7 @@ def run_jax_pipeline(tokenized, batches, *, fused: bool, token_scope: str):
   Returns:
     (factors, {doc_id: row} of the store, timings of the timed run).
   """
+  from configs import common
   from gatoms_jax.core import sharding
   from gatoms_jax.core.models import convert
   from gatoms_jax.core.models import lora as lora_lib
@@ -241,6 +242,10 @@ def run_jax_pipeline(tokenized, batches, *, fused: bool, token_scope: str):
   model = convert.load_model('embedded', lora=lcfg)
   mdef, base, lora = lora_lib.split(model)
   lora = lora_lib.init_lora(lora, FLAGS.lora_seed, b_std=FLAGS.b_std)
+  # As the gradients stage: its own layer layout (configs/common.py).
+  grads_mdef = lora_lib.with_layer_execution(
+    mdef, base, lora, scan_layers=common.get_config().gradients.scan_layers
+  )
   mesh = sharding.make_mesh()
   module_mesh = sharding.make_mesh(sharding.MODULE_AXIS)
   chunk = 256
@@ -249,9 +254,9 @@ def run_jax_pipeline(tokenized, batches, *, fused: bool, token_scope: str):
     store = GradientStore.create(tmp, layout_from_tree(lora), overwrite=True)
     t0 = time.perf_counter()
     if fused:
-      ex = fused_lib.FusedExtractor(mdef, base, lora, mesh=mesh)
+      ex = fused_lib.FusedExtractor(grads_mdef, base, lora, mesh=mesh)
     else:
-      ex = grads.GradientExtractor(mdef, base, lora, mesh=mesh)
+      ex = grads.GradientExtractor(grads_mdef, base, lora, mesh=mesh)
     grads.extract_to_store(
       ex, tokenized, store, chunk_size=chunk, progress=False
     )

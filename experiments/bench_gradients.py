@@ -68,6 +68,7 @@ if __package__ in (None, ''):  # run as a script: make `gatoms_jax` importable
 import numpy as np
 from absl import app, flags, logging
 
+from configs import common
 from experiments import _bench
 
 FLAGS = flags.FLAGS
@@ -381,8 +382,11 @@ def main(argv):
     out['matmul_gflops_bf16'] = max(rates.values())
     out['matmul_rates_bf16'] = {k: round(v, 1) for k, v in rates.items()}
 
+  scan_layers = FLAGS.scan_layers
+  if scan_layers is None:
+    scan_layers = common.get_config().gradients.scan_layers
   mdef, base, lora = load_jax(
-    FLAGS.seed, FLAGS.b_std, scan_layers=FLAGS.scan_layers, remat=FLAGS.remat
+    FLAGS.seed, FLAGS.b_std, scan_layers=scan_layers, remat=FLAGS.remat
   )
   kw = {'method': FLAGS.method}
   if FLAGS.tokens_per_slab:
@@ -545,7 +549,7 @@ def main(argv):
     'slabs_per_call': extractor.slabs_per_call,
     'compiled_shapes': extractor.n_compiled_shapes,
     'devices': extractor.n_devices,
-    'scan_layers': FLAGS.scan_layers,
+    'scan_layers': scan_layers,
     'remat': FLAGS.remat,
   }
   out['precisions'] = precisions
