@@ -244,7 +244,7 @@ def run_jax_pipeline(tokenized, batches, *, fused: bool, token_scope: str):
   lora = lora_lib.init_lora(lora, FLAGS.lora_seed, b_std=FLAGS.b_std)
   # As the gradients stage: its own layer layout (configs/common.py).
   grads_mdef = lora_lib.with_layer_execution(
-    mdef, base, lora, scan_layers=common.get_config().gradients.scan_layers
+    mdef, base, lora, scan_layers=common.base_config().gradients.scan_layers
   )
   mesh = sharding.make_mesh()
   module_mesh = sharding.make_mesh(sharding.MODULE_AXIS)

@@ -384,7 +384,7 @@ def main(argv):
 
   scan_layers = FLAGS.scan_layers
   if scan_layers is None:
-    scan_layers = common.get_config().gradients.scan_layers
+    scan_layers = common.base_config().gradients.scan_layers
   mdef, base, lora = load_jax(
     FLAGS.seed, FLAGS.b_std, scan_layers=scan_layers, remat=FLAGS.remat
   )
