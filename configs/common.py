@@ -118,11 +118,15 @@ def base_config() -> ml_collections.ConfigDict:
   c.gradients.storage_dtype = 'float32'  # float32 | bfloat16
   c.gradients.compute_dtype = 'float32'
   # The per-document pass runs its layers unrolled whatever model.scan_layers
-  # says: on SmolLM2-135M (2-core AMX CPU, quiet) the scanned pass took 22.4 s
-  # for 32 documents vs 19.3 s unrolled, and compiled no faster (18.8 vs
-  # 19.4 s: the per-document sums outside the model are per layer either way).
-  # `python experiments/bench_gradients.py --skip_torch --[no]scan_layers`.
+  # says: on SmolLM2-135M (2-core AMX CPU, alone) 32 documents took 22.4 and
+  # 22.6 s scanned, 19.3–21.1 s unrolled (7 runs), and compiled no faster
+  # scanned (18.8–23.1 s vs 10.8–19.4 s: the per-document sums outside the
+  # model are per layer either way). `python experiments/bench_gradients.py --skip_torch
+  # --[no]scan_layers`.
   c.gradients.scan_layers = False
+  # Padded widths per doubling of the document length (a power of two):
+  # 2 pads by ≤ 50%, 4 by ≤ 25% for about twice the compiled shapes.
+  c.gradients.ladder_steps = 2
 
   c.curvature = ml_collections.ConfigDict()
   # 'true' (labels sampled from the model) | 'empirical'
@@ -319,6 +323,7 @@ _AT_LEAST = {
   'finetune.loss_multiple': (1, True),
   'finetune.tokens_per_batch': (0, True),
   'gradients.tokens_per_slab': (1, True),
+  'gradients.ladder_steps': (1, True),
   'curvature.tokens_per_batch': (1, True),
   'steering.tokens_per_batch': (1, True),
   'memory_limit_gb': (0, True),
@@ -405,6 +410,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
   fraction = given.get('data.heldout_fraction')
   if fraction is not None and not 0 <= fraction < 1:
     problems.append(f'data.heldout_fraction={fraction!r}: must be in [0, 1)')
+  steps = given.get('gradients.ladder_steps')
+  if isinstance(steps, int) and steps >= 1 and steps & (steps - 1):
+    problems.append(f'gradients.ladder_steps={steps!r}: must be a power of two')
   levels = given.get('steering.kl_levels')
   if levels is not None and not all(
     isinstance(x, (int, float)) and x > 0 for x in levels

@@ -81,6 +81,7 @@ flags.DEFINE_integer('repeats', 3, 'Interleaved timing rounds (medians).')
 flags.DEFINE_string('method', 'taps', 'gatoms_jax method: taps | vmap.')
 flags.DEFINE_integer('tokens_per_slab', None, 'Extractor override.')
 flags.DEFINE_integer('slabs_per_call', None, 'Extractor override.')
+flags.DEFINE_integer('ladder_steps', None, 'Extractor override.')
 flags.DEFINE_integer('torch_vmap_batch', 4, 'Documents per torch vmap call.')
 flags.DEFINE_bool('skip_torch', False, 'Only time gatoms_jax (tuning).')
 flags.DEFINE_bool('skip_torch_vmap', False, 'Skip (c).')
@@ -393,6 +394,8 @@ def main(argv):
     kw['tokens_per_slab'] = FLAGS.tokens_per_slab
   if FLAGS.slabs_per_call:
     kw['slabs_per_call'] = FLAGS.slabs_per_call
+  if FLAGS.ladder_steps:
+    kw['ladder_steps'] = FLAGS.ladder_steps
   suffix = {'float32': '', 'bfloat16': '_bf16'}
   extractors, runners, warm = {}, {}, {}
   for precision in precisions:
@@ -547,6 +550,7 @@ def main(argv):
     'pack': extractor.pack,
     'tokens_per_slab': extractor.tokens_per_slab,
     'slabs_per_call': extractor.slabs_per_call,
+    'ladder_steps': extractor.ladder_steps,
     'compiled_shapes': extractor.n_compiled_shapes,
     'devices': extractor.n_devices,
     'scan_layers': scan_layers,

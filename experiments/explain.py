@@ -32,8 +32,11 @@ def _print_query(q: dict) -> None:
   print(f'answer: {q["response"]}')
   print('top atoms (weight; coherence; majority label; keywords):')
   for a in q['top_atoms']:
+    coherence = a['coherence']
+    if isinstance(coherence, float):
+      coherence = f'{coherence:.3f}'
     print(
-      f'  atom {a["atom"]}: {a["weight"]:+.3f}; {a["coherence"]}; '
+      f'  atom {a["atom"]}: {a["weight"]:+.3f}; {coherence}; '
       f'{a["majority_label"]}; {", ".join(a["keywords"])}'
     )
   for name in ('atoms_top_docs', 'exact_top_docs'):

@@ -30,6 +30,24 @@ class LadderTest(absltest.TestCase):
       sorted(set(values))[:9], [16, 24, 32, 48, 64, 96, 128, 192, 256]
     )
 
+  def test_four_steps_per_octave(self):
+    values = [batching.ladder_length(n, steps=4) for n in range(1, 5000)]
+    for n, v in zip(range(1, 5000), values):
+      self.assertGreaterEqual(v, n)
+      self.assertEqual(v % 8, 0)
+      # At most 1.25x the smallest admissible length (16 floor, multiple 8).
+      self.assertLessEqual(v, max(16, int(np.ceil(1.25 * n / 8)) * 8))
+    self.assertEqual(
+      sorted(set(values))[:9], [16, 24, 32, 40, 48, 56, 64, 80, 96]
+    )
+    # Two steps is the default ladder.
+    self.assertEqual(
+      [batching.ladder_length(n, steps=2) for n in range(1, 600)],
+      [batching.ladder_length(n) for n in range(1, 600)],
+    )
+    with self.assertRaisesRegex(ValueError, 'power of two'):
+      batching.ladder_length(100, steps=3)
+
   def test_cap_at_max_length(self):
     self.assertEqual(batching.bucket_length(700, max_length=1000), 768)
     self.assertEqual(batching.bucket_length(999, max_length=1000), 1000)

@@ -25,6 +25,7 @@ class ValidateTest(parameterized.TestCase):
     ('range', 'lora.rank', 0, 'must be >= 1'),
     ('open_range', 'dictionary.alpha', 0.0, 'must be > 0'),
     ('fraction', 'data.heldout_fraction', 1.0, r'in \[0, 1\)'),
+    ('power_of_two', 'gradients.ladder_steps', 3, 'must be a power of two'),
   )
   def test_bad_value_is_named(self, key, value, message):
     config = common.base_config()

@@ -248,6 +248,8 @@ def test_tokenizer_has_gemma_chat_template_and_masks(loaded):
   assert tok.decode(target) == 'Hello!<end_of_turn>'
   eos = generate_lib.eos_token_ids(NAME, tok)
   assert tok.convert_tokens_to_ids('<end_of_turn>') in eos
+  # '</s>' is an ordinary token of Gemma 3's vocabulary (text may hold it).
+  assert tok.convert_tokens_to_ids('</s>') not in eos
 
 
 def test_logits_match_transformers(loaded):

@@ -256,6 +256,7 @@ def plan_slabs(
   pack: bool = False,
   pack_width: int = 0,
   max_docs_per_row: int = 8,
+  ladder_steps: int = 2,
 ) -> list[Slab]:
   """Lays documents out in slabs of few distinct shapes.
 
@@ -284,6 +285,8 @@ def plan_slabs(
       class), so short documents can share rows.
     max_docs_per_row: packing cap on documents per row (k; the per-document
       sums cost ∝ k).
+    ladder_steps: unpacked widths per doubling of the length
+      (`batching.ladder_length`): more steps, less padding, more shapes.
 
   Returns:
     The slabs; every document appears in exactly one slot.
@@ -326,6 +329,7 @@ def plan_slabs(
         int(n_in[order[start]]),
         min_length=bucket_multiple,
         multiple=bucket_multiple,
+        steps=ladder_steps,
       )
       rows = rows_for(width)
       # The final slab of a width: fewer rows (a power of two), so few empty
@@ -533,6 +537,7 @@ class GradientExtractor:
     max_docs_per_row: packing cap on documents per row.
     pack_width: packing: minimum row width.
     compiler_options: XLA options for the jitted call (e.g. {'xla_cpu_...'}).
+    ladder_steps: padded widths per doubling of the length (see `plan_slabs`).
   """
 
   def __init__(
@@ -552,6 +557,7 @@ class GradientExtractor:
     max_docs_per_row: int = 8,
     pack_width: int = 0,
     compiler_options: Optional[dict] = None,
+    ladder_steps: int = 2,
   ):
     if method not in METHODS:
       raise ValueError(f'method must be one of {METHODS}, got {method!r}')
@@ -563,6 +569,7 @@ class GradientExtractor:
     self.tokens_per_slab = tokens_per_slab
     self.slabs_per_call = max(1, slabs_per_call)
     self.bucket_multiple = bucket_multiple
+    self.ladder_steps = ladder_steps
     self.batch_size = batch_size
     self.max_docs_per_row = max_docs_per_row
     self.pack_width = pack_width
@@ -607,6 +614,7 @@ class GradientExtractor:
       pack=self.pack,
       pack_width=self.pack_width,
       max_docs_per_row=self.max_docs_per_row,
+      ladder_steps=self.ladder_steps,
     )
     return group_calls(slabs, self.slabs_per_call), skipped
 

@@ -76,6 +76,7 @@ EXCLUDED_FROM_SECTIONS = frozenset(
     'gradients.batch_size',
     'gradients.tokens_per_slab',
     'gradients.scan_layers',
+    'gradients.ladder_steps',
     'finetune.tokens_per_batch',
     'curvature.tokens_per_batch',
     'steering.tokens_per_batch',

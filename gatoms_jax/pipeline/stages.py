@@ -150,10 +150,9 @@ def run_gradients(ctx: RunContext) -> dict:
   c = ctx.config.gradients
   mdef, base, _ = ctx.split_model
   lora = ctx.finetuned_lora
-  if c.get('scan_layers') is not None:  # configs before it: the model's own
-    mdef = lora_lib.with_layer_execution(
-      mdef, base, lora, scan_layers=c.scan_layers
-    )
+  mdef = lora_lib.with_layer_execution(
+    mdef, base, lora, scan_layers=c.scan_layers
+  )
   open_store = functools.partial(
     GradientStore.open_or_create,
     os.path.join(ctx.stage_dir('gradients'), 'store'),
@@ -183,6 +182,7 @@ def run_gradients(ctx: RunContext) -> dict:
     lora,
     compute_dtype=c.compute_dtype,
     tokens_per_slab=c.tokens_per_slab,
+    ladder_steps=c.ladder_steps,
   )
   stats = grads.extract_to_store(
     extractor,

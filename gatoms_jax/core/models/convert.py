@@ -255,10 +255,6 @@ _GGUF_NAMES = [
   (r'blk\.(\d+)\.ffn_up\.weight', r'model.layers.\1.mlp.up_proj.weight'),
   (r'blk\.(\d+)\.ffn_down\.weight', r'model.layers.\1.mlp.down_proj.weight'),
 ]
-_GGUF_QUANT_SUPPORTED = (
-  'F32', 'F16', 'BF16', 'Q4_0', 'Q4_1', 'Q5_0', 'Q5_1', 'Q8_0',
-  'Q2_K', 'Q3_K', 'Q4_K', 'Q5_K', 'Q6_K',
-)  # fmt: skip
 
 
 def _unpermute_rope(w: np.ndarray, n_heads: int) -> np.ndarray:
@@ -322,10 +318,10 @@ def read_gguf(
   def tensors():
     for t in reader.tensors:
       qtype = t.tensor_type.name
-      if qtype not in _GGUF_QUANT_SUPPORTED:
+      if qtype not in gguf_reader.SUPPORTED_TENSOR_TYPES:
         raise ModelLoadError(
           f'{path}: tensor {t.name} has unsupported quantisation {qtype}; '
-          f'supported: {", ".join(_GGUF_QUANT_SUPPORTED)}'
+          f'supported: {", ".join(gguf_reader.SUPPORTED_TENSOR_TYPES)}'
         )
       hf_name = None
       for pattern, template in _GGUF_NAMES:

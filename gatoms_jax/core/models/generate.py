@@ -57,8 +57,10 @@ END_TOKENS = (
   '<|eom_id|>',
   '<end_of_turn>',
   '<eos>',
-  '</s>',
 )
+# Not '</s>': the eos of Llama 2 / Mistral tokenizers (which declare it as
+# such), but in Gemma 3's vocabulary an ordinary user-defined token (id 212,
+# like '</u>' and '</sub>') that answers may contain.
 
 
 def bucket_length(n: int, min_bucket: int = 16) -> int:
