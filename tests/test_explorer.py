@@ -422,6 +422,46 @@ def test_tiny_run_in_browser(browser, tiny_run, tmp_path):
   assert os.path.getsize(tmp_path / 'atom.png') > 10_000
 
 
+# True once the atom page of atom `a` is shown ('Atom 1' must not match 12).
+_ATOM_PAGE_SHOWN = """(a) => {
+  const t = document.querySelector('#atom-title');
+  const head = 'Atom ' + a;
+  return t !== null && t.textContent.startsWith(head)
+    && !/[0-9]/.test(t.textContent.charAt(head.length));
+}"""
+
+
+def test_every_atom_page_shows_its_documents(browser, tiny_run):
+  """Every atom is reachable by its address and lists its documents: as
+  many cards as it has non-zero codes of each sign (10 per list page), the
+  largest code's document first, with its answer's text."""
+  run_dir, docs = tiny_run
+  with open(os.path.join(run_dir, 'projection', 'ids.json')) as f:
+    ids = json.load(f)
+  codes = np.load(os.path.join(run_dir, 'dictionary', 'codes.npy'))
+  p = _Page(browser)
+  page = p.page
+  page.goto('file://' + os.path.join(run_dir, 'explorer.html'))
+  page.wait_for_selector('#atoms-table tbody tr')
+  for atom in range(codes.shape[1]):
+    page.evaluate(f"location.hash = '#/atom/{atom}'")
+    page.wait_for_function(_ATOM_PAGE_SHOWN, arg=atom)
+    col = codes[:, atom]
+    for side, n in (
+      ('positive', (col > 0).sum()),
+      ('negative', (col < 0).sum()),
+    ):
+      cards = page.locator(f'#top-{side} .doc')
+      assert cards.count() == min(10, int(n)), (atom, side)
+    if col.max() > 0:
+      card = page.locator('#top-positive .doc').first
+      top = ids[int(np.argmax(col))]
+      assert top in card.locator('.head').inner_text(), atom
+      answer = _flat(card.locator('.text.answer').inner_text())
+      assert answer and answer[:40] == _flat(docs[top].assistant_text)[:40]
+  p.check_clean()
+
+
 def test_paper_scale_in_browser(browser, paper_scale, tmp_path):
   path, documents, codes, ids = paper_scale
   p = _Page(browser)
