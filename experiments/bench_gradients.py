@@ -94,8 +94,9 @@ flags.DEFINE_bool(
 
 flags.DEFINE_bool(
   'scan_layers',
-  True,
-  'The model runs its layers under lax.scan (else unrolled).',
+  None,
+  'The model runs its layers under lax.scan (else unrolled); default: the '
+  'gradients stage\'s layout (configs/common.py gradients.scan_layers).',
 )
 flags.DEFINE_enum(
   'remat', 'dots', ['none', 'dots', 'full'], "The layers' remat policy."
