@@ -179,7 +179,7 @@ class PeftImportTest(absltest.TestCase):
     with open(config, 'w') as f:
       f.write('{\n  "r": 4,\n  "lora_alpha": \n}\n')
     with self.assertRaisesRegex(
-      peft_lib.PeftAdapterError, 'adapter_config.json, line 4: invalid JSON'
+      peft_lib.PeftAdapterError, 'adapter_config.json: line 4: invalid JSON'
     ):
       peft_lib.load_peft_adapter(self.adapter, self.model)
     os.remove(config)

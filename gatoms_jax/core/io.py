@@ -111,10 +111,24 @@ def write_json(path: str, obj: Any) -> None:
   )
 
 
-def read_json(path: str) -> Any:
-  """Reads a JSON file."""
-  with open(path) as f:
-    return json.load(f)
+_REQUIRED = object()
+
+
+def read_json(path: str, default: Any = _REQUIRED) -> Any:
+  """Reads a JSON file; `default` (if given) when the file does not exist.
+
+  Raises:
+    ValueError: naming the file and line, when the file is not valid JSON.
+  """
+  try:
+    with open(path, encoding='utf-8') as f:
+      return json.load(f)
+  except FileNotFoundError:
+    if default is _REQUIRED:
+      raise
+    return default
+  except json.JSONDecodeError as e:
+    raise ValueError(f'{path}: line {e.lineno}: invalid JSON: {e.msg}') from e
 
 
 def save_npy(path: str, array: np.ndarray) -> None:

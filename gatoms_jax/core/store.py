@@ -302,14 +302,6 @@ def _atomic_write_json(directory: str, final_name: str, obj: Any) -> None:
   _atomic_write(directory, final_name, lambda f: f.write(data))
 
 
-def _read_json(path: str) -> Any:
-  try:
-    with open(path, encoding='utf-8') as f:
-      return json.load(f)
-  except json.JSONDecodeError as e:
-    raise ValueError(f'{path}: line {e.lineno}: invalid JSON: {e.msg}') from e
-
-
 def _json_normalize(obj: Any) -> Any:
   """Round-trips through JSON so tuples/lists etc. compare like on disk."""
   return json.loads(json.dumps(obj))
@@ -461,7 +453,7 @@ class GradientStore:
     meta_path = os.path.join(path, _META)
     if not os.path.isfile(meta_path):
       raise FileNotFoundError(f'{meta_path}: no GradientStore at {path}')
-    meta = _read_json(meta_path)
+    meta = io_lib.read_json(meta_path)
     if not isinstance(meta, dict) or meta.get('format') != FORMAT_NAME:
       raise ValueError(f'{meta_path}: not a {FORMAT_NAME} meta file')
     if meta.get('version') != FORMAT_VERSION:
@@ -536,7 +528,7 @@ class GradientStore:
   @staticmethod
   def _is_store(path: str) -> bool:
     try:
-      meta = _read_json(os.path.join(path, _META))
+      meta = io_lib.read_json(os.path.join(path, _META))
     except (OSError, ValueError):
       return False
     return isinstance(meta, dict) and meta.get('format') == FORMAT_NAME
@@ -550,7 +542,7 @@ class GradientStore:
     )
     for index in indices:
       ids_path = self._chunk_path(index, ids=True)
-      entry = _read_json(ids_path)
+      entry = io_lib.read_json(ids_path)
       if not isinstance(entry, dict) or not isinstance(entry.get('ids'), list):
         raise ValueError(f'{ids_path}: expected {{"ids": [...]}}')
       ids = tuple(entry['ids'])
@@ -572,7 +564,7 @@ class GradientStore:
       self._add_chunk(_Chunk(index, ids), ids_path)
     skipped_path = os.path.join(self._path, _SKIPPED)
     if os.path.isfile(skipped_path):
-      self._skipped = dict(_read_json(skipped_path))
+      self._skipped = dict(io_lib.read_json(skipped_path))
 
   def _add_chunk(self, chunk: _Chunk, source: str) -> None:
     pos = len(self._chunks)

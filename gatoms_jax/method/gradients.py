@@ -45,15 +45,23 @@ Optional packing (`pack=True`, taps only) puts several documents in a row
 off by default: attention is dense over the whole row, and with typical chat
 lengths (e.g. 46–121 tokens) rows cannot be filled well, so it was slower
 than length buckets on both the benchmark and the generated mixture.
-What remains on CPU is XLA:CPU itself: the matmuls (~55 % of op time) run at
-~60–70 % of the machine's square-matmul rate at these shapes (512×576×1536),
-and attention, norms, SiLU and the softmaxes (~40 %) are memory-bound; no
+What remains on CPU is XLA:CPU itself: the matmuls run at ~60–70 % of the
+machine's square-matmul rate at these shapes (512×576×1536), and attention,
+norms, SiLU and the softmaxes are memory-bound; no
 XLA:CPU option tried (fast math, Eigen/oneDNN/XNNPACK dots, YNNPACK
 element-wise fusions) helped. compute_dtype='bfloat16' runs the dense,
 LoRA and LM-head matmuls as bf16×bf16 dots with fp32 accumulation
 (core/models/mixed.py; a plain bf16 `x @ w` is compiled by XLA:CPU as an fp32
-dot plus converts); the default stays fp32 until bf16 is measured on a quiet
-machine (experiments/bench_gradients.py).
+dot plus converts). Where the time goes (experiments/profile_gradients.py,
+32 documents of 64–256 tokens, layers unrolled, alone on a 2-core AMX CPU):
+fp32 20.4 s, of XLA:CPU op time 76% dots, 12% layout copies, 12% other
+element-wise; bf16 13.3 s (1.5× faster), 58% dots, 21% dtype converts (XLA:CPU
+runs bf16 element-wise work as f32 with converts around it: a bf16
+norm/SiLU-like chain measured 4× slower than the same chain in f32), 18%
+copies. In both, the two cores are busy only ~2/3 of the wall time (XLA:CPU
+runs many small ops on one thread). The default stays fp32: bf16 rows differ
+from fp32 by a median 5% (relative L2), and the demo's findings have not been
+re-measured in bf16; bf16 compiles ~2.4× longer (41 vs 17 s for 4 shapes).
 
 Rows are streamed into a `GradientStore` chunk by chunk; a killed extraction
 resumes from the last committed chunk.

@@ -24,7 +24,8 @@ from typing import Any, Iterable, Mapping
 
 import numpy as np
 
-from gatoms_jax.core.io import write_text
+from gatoms_jax.core.io import read_json, write_text
+from gatoms_jax.method.steering import sweep
 
 # Stage directories the explorer reads (results/<run>/<stage>/).
 IDS_STAGE = 'projection'  # ids.json: the document id of each code row
@@ -34,14 +35,6 @@ STEER_STAGE = 'steering'  # sweeps.json
 
 _STATIC = ('explorer.html', 'explorer.css', 'explorer.js')
 _ATOM_DIRECTION = re.compile(r'^atom(\d+(?:\+\d+)*)$')
-
-
-def _read_json(path: str, default: Any = None) -> Any:
-  try:
-    with open(path, encoding='utf-8') as f:
-      return json.load(f)
-  except FileNotFoundError:
-    return default
 
 
 def _sig(x: float, digits: int = 4) -> float | None:
@@ -133,7 +126,7 @@ def _kmeans_overlap(atom_rows, assignments, cluster_members):
 
 
 def _kmeans_block(char_dir, ids, n_rows):
-  clusters = (_read_json(os.path.join(char_dir, 'kmeans.json'), {}) or {}).get(
+  clusters = (read_json(os.path.join(char_dir, 'kmeans.json'), {}) or {}).get(
     'atoms', []
   )
   path = os.path.join(char_dir, 'kmeans_assignments.npy')
@@ -245,7 +238,7 @@ def _run_block(run_dir: str, config: dict | None) -> dict:
 
   stages = []
   for stage in STAGES:
-    m = _read_json(os.path.join(run_dir, stage, 'manifest.json'))
+    m = read_json(os.path.join(run_dir, stage, 'manifest.json'), None)
     if not m:
       continue
     results = {
@@ -262,12 +255,12 @@ def _run_block(run_dir: str, config: dict | None) -> dict:
         'results': results,
       }
     )
-  config = config or _read_json(os.path.join(run_dir, 'config.json'), {})
+  config = config or read_json(os.path.join(run_dir, 'config.json'), {})
   return {
     'name': config.get('run_name')
     or os.path.basename(os.path.normpath(run_dir)),
     'config': config,
-    'summary': _read_json(os.path.join(run_dir, 'summary.json'), {}),
+    'summary': read_json(os.path.join(run_dir, 'summary.json'), {}),
     'stages': stages,
   }
 
@@ -300,10 +293,10 @@ def collect(
     FileNotFoundError: if a required artefact is missing.
     ValueError: if the artefacts disagree on the number of documents.
   """
-  ids = _read_json(os.path.join(run_dir, IDS_STAGE, 'ids.json'))
+  ids = read_json(os.path.join(run_dir, IDS_STAGE, 'ids.json'), None)
   codes_path = os.path.join(run_dir, CODES_STAGE, 'codes.npy')
   char_dir = os.path.join(run_dir, ATOMS_STAGE)
-  atoms_file = _read_json(os.path.join(char_dir, 'atoms.json'))
+  atoms_file = read_json(os.path.join(char_dir, 'atoms.json'), None)
   for path, value in (
     (os.path.join(run_dir, IDS_STAGE, 'ids.json'), ids),
     (os.path.join(char_dir, 'atoms.json'), atoms_file),
@@ -317,7 +310,7 @@ def collect(
     )
   summaries = atoms_file['atoms']
   assignments, members, kmeans = _kmeans_block(char_dir, ids, len(ids))
-  sweeps = _read_json(os.path.join(run_dir, STEER_STAGE, 'sweeps.json'), {})
+  sweeps = sweep.load_sweeps(os.path.join(run_dir, STEER_STAGE))
   sweeps, per_atom, effect, steers = _sweeps_block(sweeps or {})
 
   atoms = []
@@ -434,7 +427,7 @@ def _documents_from_config(run_dir: str):
 
   from gatoms_jax.demo.sources import load_documents
 
-  config = _read_json(os.path.join(run_dir, 'config.json'))
+  config = read_json(os.path.join(run_dir, 'config.json'), None)
   if not config or 'data' not in config:
     raise FileNotFoundError(f'{run_dir}/config.json with a data section')
   return load_documents(ml_collections.ConfigDict(config['data']))

@@ -14,17 +14,10 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from gatoms_jax.core.io import write_json, write_text
+from gatoms_jax.core.io import read_json, write_json, write_text
+from gatoms_jax.method.steering import sweep
 from gatoms_jax.pipeline import explain
 from gatoms_jax.pipeline.manifest import STAGES
-
-
-def _read(path: str, default=None):
-  try:
-    with open(path) as f:
-      return json.load(f)
-  except FileNotFoundError:
-    return default
 
 
 def _fmt(x, digits=3):
@@ -173,7 +166,7 @@ _RESOURCE_KEYS = (
 
 
 def _manifest_results(run_dir: str, stage: str):
-  m = _read(os.path.join(run_dir, stage, 'manifest.json'), {}) or {}
+  m = read_json(os.path.join(run_dir, stage, 'manifest.json'), {}) or {}
   return m.get('results', {}), m.get('seconds')
 
 
@@ -323,16 +316,16 @@ def write_report(
     The headline figures of summary.json.
   """
   char_dir = os.path.join(run_dir, 'atoms')
-  atoms = (_read(os.path.join(char_dir, 'atoms.json'), {}) or {}).get(
+  atoms = (read_json(os.path.join(char_dir, 'atoms.json'), {}) or {}).get(
     'atoms', []
   )
-  kmeans = (_read(os.path.join(char_dir, 'kmeans.json'), {}) or {}).get(
+  kmeans = (read_json(os.path.join(char_dir, 'kmeans.json'), {}) or {}).get(
     'atoms', []
   )
-  char = _read(os.path.join(char_dir, 'summary.json'), {}) or {}
-  sweeps = _read(os.path.join(run_dir, 'steering', 'sweeps.json'), {}) or {}
-  side_effects = _read(os.path.join(run_dir, 'steering', 'side_effects.json'))
-  composition = _read(os.path.join(run_dir, 'steering', 'composition.json'))
+  char = read_json(os.path.join(char_dir, 'summary.json'), {}) or {}
+  sweeps = sweep.load_sweeps(os.path.join(run_dir, 'steering'))
+  side_effects = read_json(os.path.join(run_dir, 'steering', 'side_effects.json'), None)
+  composition = read_json(os.path.join(run_dir, 'steering', 'composition.json'), None)
   stage_seconds = {}
   # Per-stage resources from the manifests (gatoms_jax/pipeline/memory.py).
   resources = {k: {} for k in _RESOURCE_KEYS}
@@ -340,7 +333,7 @@ def write_report(
     _, seconds = _manifest_results(run_dir, stage)
     if seconds is not None:
       stage_seconds[stage] = round(seconds, 1)
-    m = _read(os.path.join(run_dir, stage, 'manifest.json'), {}) or {}
+    m = read_json(os.path.join(run_dir, stage, 'manifest.json'), {}) or {}
     for key in _RESOURCE_KEYS:
       value = m.get('results', {}).get(key) if key == 'n_shapes' else m.get(key)
       if value is not None:

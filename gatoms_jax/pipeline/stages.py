@@ -634,7 +634,7 @@ def run_steering(ctx: RunContext) -> dict:
   if c.compose and all(b in results for b in c.compose):
     composed = _steer_composition(c, runner, sets, results, steered, directions)
     write_json(os.path.join(out, 'composition.json'), composed)
-  write_json(os.path.join(out, 'sweeps.json'), results)
+  sweep.save_sweeps(out, results)
   return {'steering': table, 'n_shapes': len(gen.shapes_seen)}
 
 

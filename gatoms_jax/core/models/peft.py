@@ -141,10 +141,8 @@ def save_peft_adapter(
 def _read_json(path: str) -> dict:
   try:
     return io_lib.read_json(path)
-  except json.JSONDecodeError as e:
-    raise PeftAdapterError(
-      f'{path}, line {e.lineno}: invalid JSON ({e.msg})'
-    ) from e
+  except ValueError as e:  # io names the file and line of invalid JSON
+    raise PeftAdapterError(str(e)) from e
 
 
 def read_adapter_config(directory: str) -> LoraConfig:

@@ -21,15 +21,45 @@ For one behaviour (a detector and its prompt set) and a set of directions
 from __future__ import annotations
 
 import math
+import os
 import time
-from typing import Any, Callable, Mapping, Optional, Sequence
+from typing import Any, Callable, Mapping, Optional, Sequence, TypedDict
 
 import numpy as np
 
+from gatoms_jax.core import io
 from gatoms_jax.method.steering import behaviors, directions as steer, stats
 from gatoms_jax.method.text import is_degenerate
 
 PyTree = Any
+SWEEPS_FILE = 'sweeps.json'
+
+
+class SweepResult(TypedDict, total=False):
+  """One behaviour's sweep (`SweepRunner.run`), with the verdicts the
+  steering stage adds under "summary" (`summarize_sweep`, and
+  `held_out_verdicts` under summary["held_out"])."""
+
+  behavior: str
+  prompts: list[str]
+  invites: list[bool]
+  n_prompts: int
+  n_invites: int
+  baseline: dict
+  directions: dict[str, dict]
+  seconds: float
+  summary: dict
+
+
+def save_sweeps(directory: str, results: Mapping[str, SweepResult]) -> None:
+  """Writes {behaviour: SweepResult} to `directory`/sweeps.json (atomic)."""
+  io.write_json(os.path.join(directory, SWEEPS_FILE), dict(results))
+
+
+def load_sweeps(directory: str) -> dict[str, SweepResult]:
+  """{behaviour: SweepResult} of a steering stage directory; {} when it has
+  no sweeps (the stage did not run)."""
+  return io.read_json(os.path.join(directory, SWEEPS_FILE), {}) or {}
 
 
 def calibrate_scales(
