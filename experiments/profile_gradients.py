@@ -7,7 +7,8 @@ pass to compile, one timed pass, one pass under `jax.profiler.trace`, whose
 XLA:CPU thunks are summed per kind of work by
 `gatoms_jax.core.profiling.op_breakdown` (matmul / convert / copy / reduce /
 other thread-seconds, and the fraction of the cores' time spent in ops).
-Tracing costs a little time: `seconds` is the untraced pass.
+Tracing costs a little time: `pass_seconds` is the untraced pass,
+`seconds` the op thread-seconds per kind.
 
   .venv/bin/python experiments/profile_gradients.py --precisions=float32,bfloat16
 
@@ -96,7 +97,7 @@ def main(argv):
       traced = time.perf_counter() - start
     breakdown = profiling.op_breakdown(trace_dir, traced)
     breakdown.update(
-      seconds=round(seconds, 3),
+      pass_seconds=round(seconds, 3),
       traced_seconds=round(traced, 3),
       first_pass_seconds=round(first, 3),
     )
