@@ -96,7 +96,7 @@ flags.DEFINE_bool(
   'scan_layers',
   None,
   'The model runs its layers under lax.scan (else unrolled); default: the '
-  'gradients stage\'s layout (configs/common.py gradients.scan_layers).',
+  "gradients stage's layout (configs/common.py gradients.scan_layers).",
 )
 flags.DEFINE_enum(
   'remat', 'dots', ['none', 'dots', 'full'], "The layers' remat policy."

@@ -324,8 +324,12 @@ def write_report(
   )
   char = read_json(os.path.join(char_dir, 'summary.json'), {}) or {}
   sweeps = sweep.load_sweeps(os.path.join(run_dir, 'steering'))
-  side_effects = read_json(os.path.join(run_dir, 'steering', 'side_effects.json'), None)
-  composition = read_json(os.path.join(run_dir, 'steering', 'composition.json'), None)
+  side_effects = read_json(
+    os.path.join(run_dir, 'steering', 'side_effects.json'), None
+  )
+  composition = read_json(
+    os.path.join(run_dir, 'steering', 'composition.json'), None
+  )
   stage_seconds = {}
   # Per-stage resources from the manifests (gatoms_jax/pipeline/memory.py).
   resources = {k: {} for k in _RESOURCE_KEYS}
