@@ -64,9 +64,27 @@ class CompositionMeasureTest(absltest.TestCase):
     self.assertGreaterEqual(both['atoms'], 0.9)
     # One cluster per document names one task type at most.
     self.assertEqual(both['kmeans'], 0.0)
+    # Planted rows use exactly their two directions: a third, untaught
+    # type is named rarely (6 types: each document has 2 × 4 wrong pairs).
+    wrong = got['wrong_type_named_fraction']
+    self.assertLess(wrong['atoms'], 0.1)
+    self.assertEqual(wrong['kmeans'], 0.0)
     active = got['mean_active_atoms']
     self.assertGreater(active['compositional'], active['single'])
     self.assertEqual(got['n_compositional_docs'], 120)
+
+  def test_wrong_type_named_counts_untaught_types(self):
+    labels_of_unit = {0: 'a', 1: 'b', 2: 'c', 3: None}
+    sets = [('a', 'b'), ('a', 'b'), ('c',)]
+    # Doc 0 uses units a, b, c: (a, c) and (b, c) are named → 2 of 2 pairs.
+    # Doc 1 uses a and the unlabelled unit: 0 of 2. Single-type docs skip.
+    got = compositions.wrong_type_named(
+      [[0, 1, 2], [0, 3], [2]], labels_of_unit, sets
+    )
+    self.assertAlmostEqual(got, 0.5)
+    self.assertIsNone(
+      compositions.wrong_type_named([[0]], labels_of_unit, [('a',)])
+    )
 
   def test_unit_label_counts_every_taught_type(self):
     summaries = [

@@ -142,6 +142,9 @@ class PipelineTest(absltest.TestCase):
       set(summary['both_labels_recovered_fraction']), {'atoms', 'kmeans'}
     )
     self.assertEqual(
+      set(summary['wrong_type_named_fraction']), {'atoms', 'kmeans'}
+    )
+    self.assertEqual(
       set(summary['mean_active_atoms']), {'single', 'compositional'}
     )
     # bullets + yes_no steered at once (configs/common.py steering.compose).

@@ -11,7 +11,11 @@ name BOTH. The same code reads atoms and k-means clusters:
   threshold. One label per unit, so a cluster can match at most one of a
   compositional document's two types;
 - a compositional document's labels are recovered when every one of them is
-  the label of some unit in its support (its non-zero atoms, or its cluster).
+  the label of some unit in its support (its non-zero atoms, or its cluster);
+- the chance control (`wrong_type_named`): how often the support names one
+  of the document's types together with a type it does NOT teach. Denser
+  codes name more types of either kind, so a recovery rate means something
+  only well above this control.
 
 Labels are evaluation-only: nothing here feeds back into the method.
 """
@@ -74,6 +78,26 @@ def both_labels_recovered(
   return float(np.mean(hits)) if hits else None
 
 
+def wrong_type_named(
+  supports: Sequence[Sequence[int]],
+  labels_of_unit: Mapping[int, str | None],
+  doc_label_sets: Sequence[Sequence[str]],
+) -> float | None:
+  """Chance control of `both_labels_recovered`: over multi-label documents,
+  their types t and every type c they do not teach (among all documents'
+  types), the share of (t, c) pairs with both named by units in the
+  document's support (None when there is no multi-label document)."""
+  types = sorted({t for s in doc_label_sets for t in s})
+  hits = []
+  for support, wanted in zip(supports, doc_label_sets):
+    if len(wanted) < 2:
+      continue
+    named = {labels_of_unit.get(int(u)) for u in support} - {None}
+    for t in wanted:
+      hits += [t in named and c in named for c in types if c not in wanted]
+  return float(np.mean(hits)) if hits else None
+
+
 def atom_supports(codes: np.ndarray) -> list[np.ndarray]:
   """Per row, the atoms with a non-zero code."""
   return [np.flatnonzero(row) for row in np.asarray(codes)]
@@ -101,8 +125,9 @@ def composition_measures(
   cluster_summaries: Sequence[Mapping[str, Any]],
   purity_threshold: float = 0.8,
 ) -> dict[str, Any]:
-  """`both_labels_recovered_fraction` {atoms, kmeans} and `mean_active_atoms`
-  {single, compositional}, the same measure for atoms and clusters.
+  """`both_labels_recovered_fraction` {atoms, kmeans}, its chance control
+  `wrong_type_named_fraction` {atoms, kmeans} and `mean_active_atoms`
+  {single, compositional}, the same measures for atoms and clusters.
 
   Args:
     codes: (N, K) sparse codes.
@@ -117,13 +142,16 @@ def composition_measures(
   atom_labels = unit_labels(atom_summaries, by_id, purity_threshold)
   cluster_labels = unit_labels(cluster_summaries, by_id, purity_threshold)
   clusters = [[int(a)] for a in np.asarray(cluster_assignments)]
+  supports = atom_supports(codes)
   return {
     'n_compositional_docs': int(sum(len(s) >= 2 for s in doc_label_sets)),
     'both_labels_recovered_fraction': {
-      'atoms': both_labels_recovered(
-        atom_supports(codes), atom_labels, doc_label_sets
-      ),
+      'atoms': both_labels_recovered(supports, atom_labels, doc_label_sets),
       'kmeans': both_labels_recovered(clusters, cluster_labels, doc_label_sets),
+    },
+    'wrong_type_named_fraction': {
+      'atoms': wrong_type_named(supports, atom_labels, doc_label_sets),
+      'kmeans': wrong_type_named(clusters, cluster_labels, doc_label_sets),
     },
     'mean_active_atoms': mean_active(codes, doc_label_sets),
   }

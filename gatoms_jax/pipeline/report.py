@@ -242,6 +242,7 @@ def _composition_lines(summary: dict, examples: list | None) -> list[str]:
   if not both:
     return []
   active = summary.get('mean_active_atoms') or {}
+  wrong = summary.get('wrong_type_named_fraction') or {}
   lines = [
     '## Documents that teach two behaviours',
     '',
@@ -249,6 +250,9 @@ def _composition_lines(summary: dict, examples: list | None) -> list[str]:
     'one answer. Both of their task types are named by the atoms in their '
     f'support for {_fmt(both.get("atoms"), 2)} of them, by their k-means '
     f'cluster for {_fmt(both.get("kmeans"), 2)} (a cluster names one type). '
+    'Chance control, one of its types named together with a type it does '
+    f'not teach: atoms {_fmt(wrong.get("atoms"), 3)}, k-means '
+    f'{_fmt(wrong.get("kmeans"), 3)}. '
     'Mean active atoms: single-task '
     f'{_fmt(active.get("single"), 2)}, compositional '
     f'{_fmt(active.get("compositional"), 2)}. Single-task types recovered: '
@@ -384,6 +388,7 @@ def write_report(
     'both_labels_recovered_fraction': char.get(
       'both_labels_recovered_fraction'
     ),
+    'wrong_type_named_fraction': char.get('wrong_type_named_fraction'),
     'mean_active_atoms': char.get('mean_active_atoms'),
     'n_coherence_above_0_5': char.get('n_coherence_above_0_5'),
     'n_coherence_above_0_1': char.get('n_coherence_above_0_1'),
