@@ -27,7 +27,7 @@ from typing import Any, Callable, Mapping, Optional, Sequence, TypedDict
 
 import numpy as np
 
-from gatoms_jax.core import io
+from gatoms_jax.core import io as io_lib
 from gatoms_jax.method.steering import behaviors, directions as steer, stats
 from gatoms_jax.method.text import is_degenerate
 
@@ -53,13 +53,13 @@ class SweepResult(TypedDict, total=False):
 
 def save_sweeps(directory: str, results: Mapping[str, SweepResult]) -> None:
   """Writes {behaviour: SweepResult} to `directory`/sweeps.json (atomic)."""
-  io.write_json(os.path.join(directory, SWEEPS_FILE), dict(results))
+  io_lib.write_json(os.path.join(directory, SWEEPS_FILE), dict(results))
 
 
 def load_sweeps(directory: str) -> dict[str, SweepResult]:
   """{behaviour: SweepResult} of a steering stage directory; {} when it has
   no sweeps (the stage did not run)."""
-  return io.read_json(os.path.join(directory, SWEEPS_FILE), {}) or {}
+  return io_lib.read_json(os.path.join(directory, SWEEPS_FILE), {}) or {}
 
 
 def calibrate_scales(
